@@ -1,0 +1,177 @@
+"""The records the control plane keeps in the Store, and the keys they live under.
+
+These are what machines exchange (msgspec, JSON-encoded in the Store); what users write is the
+pydantic manifest in ``corral.manifest``. One writer per key: the API writes services and
+releases, the reconciler writes instance specs, the agent writes instance statuses, and
+everyone appends events.
+
+    /corral/services/<name>               ServiceRecord     desired state of a service
+    /corral/service-status/<name>         ServiceStatus     derived state, written by reconciler
+    /corral/releases/<name>/<NNNNNNNN>    Release           immutable spec snapshot
+    /corral/instances/<id>/spec           InstanceSpec      what should run (reconciler)
+    /corral/instances/<id>/status         InstanceStatus    what runs (agent)
+    /corral/events/<NNNNNNNNNNNNNNNNNNNN>  Event            lifecycle transitions with reasons
+    /corral/secrets/<name>                raw bytes         never returned by the API
+    /corral/nodes/<node>                  NodeRecord        attached to the agent's lease
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+Mode = Literal["cattle", "pet"]
+Kind = Literal["service", "task"]
+Condition = Literal["healthy", "started", "completed"]
+Phase = Literal["provision", "ready", "run", "destroy", "failed"]
+ServiceState = Literal["provision", "run", "scale", "update", "rollback", "destroy", "failed"]
+DesiredRun = Literal["running", "stopped"]
+
+PREFIX = "/corral/"
+SERVICES = PREFIX + "services/"
+SERVICE_STATUS = PREFIX + "service-status/"
+RELEASES = PREFIX + "releases/"
+INSTANCES = PREFIX + "instances/"
+EVENTS = PREFIX + "events/"
+SECRETS = PREFIX + "secrets/"
+NODES = PREFIX + "nodes/"
+PLATFORM = PREFIX + "platform"
+
+
+class BackoffPolicy(msgspec.Struct, frozen=True):
+    """Restart backoff: immediate, then ``initial`` doubling to ``max`` with ±``jitter``;
+    the crash count resets after ``reset_after`` seconds healthy; ``failed_after`` consecutive
+    crashes show the instance as ``failed`` (it keeps being retried)."""
+
+    initial: float = 1.0
+    max: float = 60.0
+    reset_after: float = 600.0
+    failed_after: int = 5
+    jitter: float = 0.1
+
+
+class Dependency(msgspec.Struct, frozen=True):
+    service: str
+    condition: Condition = "healthy"
+
+
+class ServiceRecord(msgspec.Struct):
+    """Desired state of one service (``/corral/services/<name>``)."""
+
+    name: str
+    release: int
+    desired: int
+    min: int
+    max: int
+    mode: Mode = "cattle"
+    kind: Kind = "service"
+    depends_on: list[Dependency] = []
+    backoff: BackoffPolicy = BackoffPolicy()
+    stopping: bool = False  # removed from the manifest, or the platform is going down
+    system: bool = False  # the platform's own (gateway, collector): hidden from `ps`
+    spec: dict[str, Any] = {}  # the release's spec (manifest service, secrets as references)
+
+
+class Release(msgspec.Struct):
+    service: str
+    number: int
+    spec: dict[str, Any]
+    created_at: float
+    message: str = ""
+
+
+class InstanceSpec(msgspec.Struct):
+    """What should run (``/corral/instances/<id>/spec``), written by the reconciler.
+
+    ``incarnation`` counts (re)starts the reconciler asked for: the agent starts the process
+    whenever the spec's incarnation is newer than the one it last started."""
+
+    id: str
+    service: str
+    release: int
+    node: str
+    created_at: float
+    ordinal: int | None = None  # pets only: stable 0..N-1
+    ports: dict[str, int] = {}
+    desired: DesiredRun = "running"
+    incarnation: int = 1
+    restarts: int = 0  # inherited by a cattle replacement so `ps` shows the slot's history
+    consecutive_crashes: int = 0  # inherited likewise, so a crash loop keeps its backoff
+    replaces: str | None = None
+    system: bool = False
+
+
+class ExitInfo(msgspec.Struct, frozen=True):
+    at: float
+    reason: str  # "exited 1", "killed by SIGKILL", "OOM-killed (memory limit 64Mi)", …
+    code: int | None = None
+    signal: int | None = None
+    oom: bool = False
+    start_failed: bool = False  # the command never started (not found, permission, …)
+    requested: bool = False  # the platform stopped it (stop, restart, scale down)
+
+
+class InstanceStatus(msgspec.Struct):
+    """What runs (``/corral/instances/<id>/status``), written by the agent."""
+
+    id: str
+    phase: Phase = "provision"
+    reason: str = ""
+    incarnation: int = 0  # the spec incarnation the agent last started
+    alive: bool = False  # a process for this incarnation is running
+    pid: int | None = None  # the application process (not its shim)
+    shim_pid: int | None = None
+    started_at: float | None = None
+    run_since: float | None = None  # entered `run` (for the healthy stretch that resets backoff)
+    exit: ExitInfo | None = None  # the last exit, kept after a restart for `ps`
+    restarts: int = 0
+    consecutive_crashes: int = 0
+    restart_at: float | None = None  # when the next restart is due (for `ps`)
+    updated_at: float = 0.0
+
+
+class ServiceStatus(msgspec.Struct):
+    name: str
+    state: ServiceState
+    reason: str = ""
+    ready: int = 0
+    desired: int = 0
+    release: int = 0
+    updated_at: float = 0.0
+
+
+class Event(msgspec.Struct):
+    at: float
+    subject: str  # instance id, service name, or "platform"
+    kind: Literal["instance", "service", "platform"]
+    reason: str
+    service: str = ""
+    from_phase: str = ""
+    to_phase: str = ""
+
+
+class NodeRecord(msgspec.Struct):
+    name: str
+    address: str
+    started_at: float
+
+
+T = TypeVar("T")
+_encoder = msgspec.json.Encoder()
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    return msgspec.json.decode(data, type=kind)
+
+
+def instance_key(instance_id: str, part: Literal["spec", "status"]) -> str:
+    return f"{INSTANCES}{instance_id}/{part}"
+
+
+def release_key(service: str, number: int) -> str:
+    return f"{RELEASES}{service}/{number:08d}"

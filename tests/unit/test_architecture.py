@@ -1,0 +1,93 @@
+"""Pure cores stay pure: no asyncio, sockets, clock, global random, logging or other I/O.
+
+Every module listed here is decision logic that takes ``now`` and returns actions; this test
+reads its source and refuses the imports and calls that would let I/O or nondeterminism in.
+Add a module here when you write a new pure core.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+PURE_MODULES = [
+    "corral.errors",
+    "corral.model",
+    "corral.store.base",
+    "corral.sim.core",
+]
+
+FORBIDDEN_MODULES = {
+    "asyncio",
+    "socket",
+    "selectors",
+    "time",
+    "logging",
+    "threading",
+    "subprocess",
+    "sqlite3",
+    "aiohttp",
+    "httptools",
+    "uvloop",
+    "os",
+    "secrets",
+    "signal",
+    "datetime",
+    "corral.clock",
+    "corral.ids",
+}
+
+
+def _source(module: str) -> tuple[Path, ast.Module]:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None, f"{module} is listed but missing"
+    path = Path(spec.origin)
+    return path, ast.parse(path.read_text(), filename=str(path))
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_module_imports_no_io_clock_or_global_random(module: str) -> None:
+    path, tree = _source(module)
+    problems: list[str] = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+            if node.module == "random":
+                bad = [a.name for a in node.names if a.name != "Random"]
+                if bad:
+                    problems.append(f"line {node.lineno}: from random import {bad} (global random)")
+        for name in names:
+            root = name.split(".")[0]
+            if name in FORBIDDEN_MODULES or root in FORBIDDEN_MODULES:
+                problems.append(f"line {node.lineno}: imports {name}")
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "random"
+            and node.attr != "Random"
+        ):
+            problems.append(f"line {node.lineno}: random.{node.attr} uses the global random")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in {"print", "open", "input"}
+        ):
+            problems.append(f"line {node.lineno}: calls {node.func.id}()")
+    assert not problems, f"{path} is a pure core but:\n" + "\n".join(problems)
+
+
+def test_pure_modules_do_not_iterate_sets_of_strings_by_accident() -> None:
+    # A reminder encoded as a check: cores sort before iterating sets (PYTHONHASHSEED).
+    for module in PURE_MODULES:
+        path, tree = _source(module)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.For) and isinstance(node.iter, ast.Call):
+                func = node.iter.func
+                if isinstance(func, ast.Name) and func.id == "set":
+                    pytest.fail(f"{path}:{node.lineno} iterates a fresh set; sort it first")
