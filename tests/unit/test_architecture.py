@@ -65,7 +65,7 @@ def test_pure_module_imports_no_io_clock_or_global_random(module: str) -> None:
         for name in names:
             root = name.split(".")[0]
             if name in FORBIDDEN_MODULES or root in FORBIDDEN_MODULES:
-                problems.append(f"line {node.lineno}: imports {name}")
+                problems.append(f"line {getattr(node, 'lineno', 0)}: imports {name}")
         if (
             isinstance(node, ast.Attribute)
             and isinstance(node.value, ast.Name)
