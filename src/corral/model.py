@@ -165,6 +165,11 @@ def encode(record: msgspec.Struct) -> bytes:
     return _encoder.encode(record)
 
 
+def encode_value(value: object) -> bytes:
+    """Canonical JSON of a plain value (sorted keys), for comparing specs."""
+    return msgspec.json.encode(value, order="sorted")
+
+
 def decode(data: bytes, kind: type[T]) -> T:
     return msgspec.json.decode(data, type=kind)
 

@@ -18,6 +18,14 @@ PURE_MODULES = [
     "corral.model",
     "corral.store.base",
     "corral.sim.core",
+    "corral.manifest.units",
+    "corral.manifest.graph",
+    "corral.manifest.expand",
+    "corral.agent.health",
+    "corral.control.lifecycle",
+    "corral.control.backoff",
+    "corral.control.planner",
+    "corral.control.workqueue",
 ]
 
 FORBIDDEN_MODULES = {

@@ -1,0 +1,52 @@
+"""Tokens and roles for the API (DESIGN.md *Security*).
+
+``admin`` may do everything, ``read`` may call GET endpoints (and open the dashboard),
+``ingest`` may only post telemetry. Tokens come in ``Authorization: Bearer …``; comparisons
+are constant-time. Which role a route needs is decided here, once.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+from corral.errors import Forbidden, Unauthorized
+
+ROLE_RANK = {"ingest": 0, "read": 1, "admin": 2}
+OPEN_PATHS = frozenset({"/api/v1/health", "/api/v1/openapi.json"})
+
+
+def role_of(header: str | None, tokens: Mapping[str, str]) -> str | None:
+    if not header or not header.startswith("Bearer "):
+        return None
+    offered = header[len("Bearer ") :].strip().encode()
+    found = None
+    for role, token in sorted(tokens.items()):
+        if hmac.compare_digest(offered, token.encode()):
+            found = role
+    return found
+
+
+def required_role(method: str, path: str) -> str | None:
+    if path in OPEN_PATHS:
+        return None
+    if method in ("GET", "HEAD"):
+        return "read"
+    return "admin"
+
+
+def authorize(method: str, path: str, header: str | None, tokens: Mapping[str, str]) -> None:
+    need = required_role(method, path)
+    if need is None:
+        return
+    role = role_of(header, tokens)
+    if role is None:
+        raise Unauthorized(
+            "missing or unknown API token",
+            "send `Authorization: Bearer $(cat $CORRAL_HOME/token)`; the CLI does this for you",
+        )
+    if ROLE_RANK[role] < ROLE_RANK[need]:
+        raise Forbidden(
+            f"the {role} token cannot call {method} {path}",
+            f"this call needs the {need} token",
+        )

@@ -1,0 +1,480 @@
+"""The HTTP API (aiohttp), under ``/api/v1``.
+
+Handlers are thin: parse and check the request, call the control-plane function that does the
+work, render the result. Every error leaves as ``{code, message, hint}`` with a fitting status
+(a malformed body becomes a 400 before any handler logic runs); secrets never leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from corral import __version__, clock, model
+from corral.api import auth, views
+from corral.control import apply as applying
+from corral.control import events
+from corral.errors import Compacted, CorralError, NotFound, UserError
+from corral.home import Home
+from corral.manifest import validate_manifest_data
+from corral.runtime import logs as logfiles
+from corral.store.base import Compare, Delete, Put, Store
+
+log = logging.getLogger("corral.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+
+
+class Api:
+    def __init__(
+        self,
+        store: Store,
+        home: Home,
+        tokens: dict[str, str],
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.home = home
+        self.tokens = tokens
+        self.on_shutdown = on_shutdown
+        self.routes = [
+            Route("GET", "/api/v1/health", self.health, "Liveness of the control plane"),
+            Route("GET", "/api/v1/openapi.json", self.openapi, "This API's OpenAPI document"),
+            Route("POST", "/api/v1/apply", self.apply, "Apply a manifest"),
+            Route("POST", "/api/v1/validate", self.validate, "Validate a manifest"),
+            Route("GET", "/api/v1/services", self.services, "Services: state, desired, ready"),
+            Route("GET", "/api/v1/services/{name}", self.service, "One service"),
+            Route("POST", "/api/v1/services/{name}/scale", self.scale, "Set desired count"),
+            Route("POST", "/api/v1/services/{name}/restart", self.restart_service, "Restart"),
+            Route("GET", "/api/v1/instances", self.instances, "Instances with their phase"),
+            Route("POST", "/api/v1/instances/{id}/restart", self.restart_instance, "Restart one"),
+            Route("GET", "/api/v1/events", self.events, "Recent lifecycle events"),
+            Route("GET", "/api/v1/events/stream", self.event_stream, "Events as SSE"),
+            Route("GET", "/api/v1/logs/{name}", self.logs, "Logs of a service or instance"),
+            Route("GET", "/api/v1/secrets", self.secrets, "Secret names (never values)"),
+            Route("PUT", "/api/v1/secrets/{name}", self.set_secret, "Set a secret"),
+            Route("DELETE", "/api/v1/secrets/{name}", self.delete_secret, "Remove a secret"),
+            Route("POST", "/api/v1/down", self.down, "Stop every service (reverse order)"),
+            Route("POST", "/api/v1/shutdown", self.shutdown, "Stop the control plane"),
+            Route("GET", "/api/v1/backup", self.backup, "A consistent snapshot of the Store"),
+        ]
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=8 << 20)
+        for route in self.routes:
+            app.router.add_route(route.method, route.path, route.handler)
+        return app
+
+    # -- middleware -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CorralError as exc:
+            body: dict[str, Any] = exc.to_dict()
+            problems = getattr(exc, "problem_dicts", None)
+            if problems is not None:
+                body["problems"] = problems()
+            return web.json_response(body, status=exc.status)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return web.json_response(
+                    {"code": "http_error", "message": exc.reason, "hint": ""}, status=exc.status
+                )
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return web.json_response(
+                {
+                    "code": "internal",
+                    "message": "the control plane failed to handle this request",
+                    "hint": f"see {self.home.log_file}",
+                },
+                status=500,
+            )
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        auth.authorize(
+            request.method, request.path, request.headers.get("Authorization"), self.tokens
+        )
+        return await handler(request)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any]:
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError("the request body is not valid JSON", "send a JSON object") from None
+        if not isinstance(data, dict):
+            raise UserError("the request body must be a JSON object", "send {…}")
+        return data
+
+    @staticmethod
+    def _name(request: web.Request, key: str = "name") -> str:
+        value = request.match_info[key]
+        if not value or not set(value) <= NAME_CHARS or len(value) > 100:
+            raise UserError(f"{value!r} is not a valid name", "use lowercase letters, digits, '-'")
+        return value
+
+    async def _service(self, name: str) -> tuple[int, model.ServiceRecord]:
+        kv = await self.store.get(model.SERVICES + name)
+        if kv is None:
+            services = await views.load_services(self.store)
+            raise NotFound(
+                f"no service named {name!r}",
+                "known services: " + (", ".join(sorted(services)) or "none (apply a manifest)"),
+            )
+        return kv.mod_revision, model.decode(kv.value, model.ServiceRecord)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"ok": True, "version": __version__, "home": str(self.home.path)})
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        paths: dict[str, dict[str, Any]] = {}
+        for route in self.routes:
+            op: dict[str, Any] = {
+                "summary": route.summary,
+                "responses": {
+                    "200": {"description": "OK"},
+                    "default": {
+                        "description": "Error",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
+                    },
+                },
+            }
+            params = [p[1:-1] for p in route.path.split("/") if p.startswith("{")]
+            if params:
+                op["parameters"] = [
+                    {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                    for p in params
+                ]
+            if auth.required_role(route.method, route.path):
+                op["security"] = [{"token": []}]
+            paths.setdefault(route.path, {})[route.method.lower()] = op
+        doc = {
+            "openapi": "3.1.0",
+            "info": {"title": "Corral API", "version": __version__},
+            "paths": paths,
+            "components": {
+                "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+                "schemas": {
+                    "Error": {
+                        "type": "object",
+                        "required": ["code", "message", "hint"],
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "hint": {"type": "string"},
+                        },
+                    }
+                },
+            },
+        }
+        return web.json_response(doc)
+
+    async def _loaded(self, request: web.Request) -> Any:
+        body = await self._body(request)
+        source = str(body.get("source") or "manifest")
+        base_dir = Path(str(body.get("base_dir") or self.home.path))
+        if "manifest" not in body:
+            raise UserError("the body needs a `manifest` object", "send {manifest: {...}}")
+        return validate_manifest_data(body["manifest"], source=source, base_dir=base_dir), body
+
+    async def validate(self, request: web.Request) -> web.StreamResponse:
+        loaded, _ = await self._loaded(request)
+        return web.json_response({"ok": True, "services": sorted(loaded.manifest.services)})
+
+    async def apply(self, request: web.Request) -> web.StreamResponse:
+        loaded, body = await self._loaded(request)
+        result = await applying.apply_manifest(self.store, loaded, str(body.get("message") or ""))
+        return web.json_response({"changes": result.changes, "revision": result.revision})
+
+    async def _service_views(self, include_system: bool) -> list[dict[str, Any]]:
+        services = await views.load_services(self.store)
+        statuses = {
+            kv.key[len(model.SERVICE_STATUS) :]: model.decode(kv.value, model.ServiceStatus)
+            for kv in (await self.store.range(model.SERVICE_STATUS)).kvs
+        }
+        now = clock.wall()
+        by_service: dict[str, list[dict[str, Any]]] = {}
+        for spec, status in await views.load_instances(self.store):
+            view = views.instance_view(spec, status, services.get(spec.service), now)
+            by_service.setdefault(spec.service, []).append(view)
+        out = []
+        for name in sorted(services):
+            record = services[name]
+            if record.system and not include_system:
+                continue
+            out.append(views.service_view(record, statuses.get(name), by_service.get(name, [])))
+        return out
+
+    async def services(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(await self._service_views(_flag(request, "system")))
+
+    async def service(self, request: web.Request) -> web.StreamResponse:
+        name = self._name(request)
+        await self._service(name)
+        for view in await self._service_views(True):
+            if view["name"] == name:
+                return web.json_response(view)
+        raise NotFound(f"no service named {name!r}")
+
+    async def instances(self, request: web.Request) -> web.StreamResponse:
+        services = await views.load_services(self.store)
+        include_system = _flag(request, "system")
+        only = request.query.get("service")
+        now = clock.wall()
+        out = []
+        for spec, status in await views.load_instances(self.store):
+            if spec.system and not include_system:
+                continue
+            if only and spec.service != only:
+                continue
+            out.append(views.instance_view(spec, status, services.get(spec.service), now))
+        return web.json_response(out)
+
+    async def scale(self, request: web.Request) -> web.StreamResponse:
+        name = self._name(request)
+        body = await self._body(request)
+        count = body.get("instances")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise UserError(
+                f"scale {name}: `instances` must be a whole number >= 0, got {count!r}",
+                f"corral scale {name}=3",
+            )
+        for _attempt in range(5):
+            revision, record = await self._service(name)
+            if record.stopping:
+                raise UserError(f"service {name!r} is stopping", "apply a manifest that has it")
+            if not record.min <= count <= record.max:
+                raise UserError(
+                    f"services.{name}.instances: {count} is outside [{record.min}, {record.max}]",
+                    f"declare `instances: {{min: .., max: ..}}` that admits {count} and apply",
+                )
+            previous = record.desired
+            record.desired = count
+            event = events.make(name, "service", f"scaled from {previous} to {count}", service=name)
+            txn = await self.store.txn(
+                [Compare(model.SERVICES + name, "mod_revision", "==", revision)],
+                [
+                    Put(model.SERVICES + name, model.encode(record)),
+                    Put(events.event_key(event.at), model.encode(event)),
+                ],
+            )
+            if txn.succeeded:
+                return web.json_response({"service": name, "from": previous, "to": count})
+        raise UserError(f"service {name!r} kept changing while scaling", "try again")
+
+    async def _restart(self, instance_ids: list[str], reason: str) -> list[str]:
+        restarted = []
+        for instance_id in instance_ids:
+            key = model.instance_key(instance_id, "spec")
+            kv = await self.store.get(key)
+            if kv is None:
+                continue
+            spec = model.decode(kv.value, model.InstanceSpec)
+            if spec.desired != "running":
+                continue
+            spec.incarnation += 1
+            event = events.make(instance_id, "instance", reason, service=spec.service)
+            txn = await self.store.txn(
+                [Compare(key, "mod_revision", "==", kv.mod_revision)],
+                [
+                    Put(key, model.encode(spec)),
+                    Put(events.event_key(event.at), model.encode(event)),
+                ],
+            )
+            if txn.succeeded:
+                restarted.append(instance_id)
+        return restarted
+
+    async def restart_service(self, request: web.Request) -> web.StreamResponse:
+        name = self._name(request)
+        await self._service(name)
+        ids = [s.id for s, _ in await views.load_instances(self.store) if s.service == name]
+        done = await self._restart(ids, "restart requested (corral restart)")
+        return web.json_response({"restarted": done})
+
+    async def restart_instance(self, request: web.Request) -> web.StreamResponse:
+        instance_id = self._name(request, "id")
+        if await self.store.get(model.instance_key(instance_id, "spec")) is None:
+            raise NotFound(f"no instance {instance_id!r}", "`corral ps` lists instance ids")
+        done = await self._restart([instance_id], "restart requested (corral restart)")
+        return web.json_response({"restarted": done})
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        limit = _int_query(request, "limit", 100)
+        only = request.query.get("service")
+        listing = await self.store.range(model.EVENTS)
+        out = []
+        for kv in listing.kvs:
+            event = model.decode(kv.value, model.Event)
+            if only and event.service != only and event.subject != only:
+                continue
+            out.append(_event_dict(event))
+        return web.json_response(out[-limit:] if limit else out)
+
+    async def event_stream(self, request: web.Request) -> web.StreamResponse:
+        only = request.query.get("service")
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        listing = await self.store.range(model.EVENTS, limit=1)
+        revision = listing.revision + 1
+        await response.write(b": connected\n\n")
+        while True:
+            try:
+                async for change in self.store.watch(model.EVENTS, revision):
+                    revision = change.kv.mod_revision + 1
+                    if change.type != "put":
+                        continue
+                    event = model.decode(change.kv.value, model.Event)
+                    if only and event.service != only and event.subject != only:
+                        continue
+                    data = json.dumps(_event_dict(event))
+                    await response.write(f"event: lifecycle\ndata: {data}\n\n".encode())
+                return response
+            except Compacted as exc:
+                revision = exc.revision
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        name = self._name(request)
+        tail = _int_query(request, "tail", 100)
+        follow = _flag(request, "follow")
+        instances = [
+            s.id
+            for s, _ in await views.load_instances(self.store)
+            if s.service == name or s.id == name
+        ]
+        if not instances:
+            raise NotFound(
+                f"no service or instance named {name!r} has logs",
+                "`corral ps` lists services and instance ids",
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        width = max(len(i) for i in instances)
+        files = {i: self.home.instances_dir / i / "output.log" for i in instances}
+        for instance_id in instances:
+            paths = logfiles.rotation_set(self.home.instances_dir / instance_id / "output.log")
+            for line in await logfiles.tail(paths, tail):
+                await response.write(f"{instance_id:<{width}} | {line}\n".encode())
+        if not follow:
+            await response.write_eof()
+            return response
+        queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
+
+        async def pump(instance_id: str, path: Path) -> None:
+            async for line in logfiles.follow(path):
+                await queue.put(f"{instance_id:<{width}} | {line}\n")
+
+        tasks = [asyncio.create_task(pump(i, p)) for i, p in files.items()]
+        try:
+            while True:
+                line = await queue.get()
+                await response.write(line.encode())
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def secrets(self, request: web.Request) -> web.StreamResponse:
+        listing = await self.store.range(model.SECRETS)
+        return web.json_response([kv.key[len(model.SECRETS) :] for kv in listing.kvs])
+
+    async def set_secret(self, request: web.Request) -> web.StreamResponse:
+        name = self._name(request)
+        body = await self._body(request)
+        value = body.get("value")
+        if not isinstance(value, str):
+            raise UserError(f"secret {name}: `value` must be a string", "send {value: '...'}")
+        await self.store.txn([], [Put(model.SECRETS + name, value.encode())])
+        event = events.make("platform", "platform", f"secret {name} set")
+        await events.record(self.store, event)
+        return web.json_response({"name": name})
+
+    async def delete_secret(self, request: web.Request) -> web.StreamResponse:
+        name = self._name(request)
+        key = model.SECRETS + name
+        txn = await self.store.txn([Compare(key, "exists", "==", True)], [Delete(key)])
+        if not txn.succeeded:
+            raise NotFound(f"no secret named {name!r}", "`corral secret list` shows the names")
+        await events.record(
+            self.store, events.make("platform", "platform", f"secret {name} removed")
+        )
+        return web.json_response({"name": name})
+
+    async def down(self, request: web.Request) -> web.StreamResponse:
+        names = await applying.stop_all(self.store)
+        return web.json_response({"stopping": names})
+
+    async def shutdown(self, request: web.Request) -> web.StreamResponse:
+        if self.on_shutdown is not None:
+            asyncio.get_running_loop().call_later(0.05, self.on_shutdown)
+        return web.json_response({"ok": True})
+
+    async def backup(self, request: web.Request) -> web.StreamResponse:
+        backup = getattr(self.store, "backup", None)
+        if backup is None:
+            raise UserError("this store backend cannot take a backup through the API")
+        target = self.home.path / f".backup-{clock.wall():.0f}.db"
+        try:
+            await backup(target)
+            data = target.read_bytes()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+        return web.Response(body=data, content_type="application/octet-stream")
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise UserError(f"query parameter {name}={raw!r} is not a number", f"{name}=100") from None
+
+
+def _event_dict(event: model.Event) -> dict[str, Any]:
+    return {
+        "at": event.at,
+        "subject": event.subject,
+        "kind": event.kind,
+        "service": event.service,
+        "from": event.from_phase,
+        "to": event.to_phase,
+        "reason": event.reason,
+    }

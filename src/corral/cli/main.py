@@ -1,0 +1,443 @@
+"""The `corral` command line. Every command is a thin call of the API through ``Client``;
+user mistakes print ``error: … / hint: …`` and exit 2, an unreachable platform exits 3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import yaml
+
+from corral import __version__
+from corral.cli import render
+from corral.client import Client
+from corral.errors import CorralError, PlatformUnavailable, UserError
+from corral.home import Home
+from corral.manifest import LoadedManifest, load_manifest
+
+F = TypeVar("F", bound=Callable[..., Any])
+SERVER_START_SECONDS = 20.0
+
+
+def _home() -> Home:
+    return Home.resolve()
+
+
+def _client() -> Client:
+    home = _home()
+    client = Client.for_home(home)
+    return client
+
+
+def _load(path: str) -> LoadedManifest:
+    return load_manifest(path)
+
+
+def _manifest_body(loaded: LoadedManifest, message: str = "") -> dict[str, Any]:
+    # Send what the user wrote (already validated here); the server validates it again.
+    assert loaded.path is not None
+    return {
+        "manifest": yaml.safe_load(loaded.path.read_text()),
+        "source": str(loaded.path),
+        "base_dir": str(loaded.base_dir),
+        "message": message,
+    }
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="corral")
+def cli() -> None:
+    """Corral runs a fleet of services from one manifest and keeps them healthy.
+
+    CORRAL_HOME selects the platform's state directory (default ~/.corral)."""
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path())
+def validate(manifest: str) -> None:
+    """Check a manifest completely; exit 0 if valid, 2 with every problem listed if not."""
+    loaded = _load(manifest)
+    names = sorted(loaded.manifest.services)
+    render.out.print(f"[green]✓[/] {loaded.path}: {len(names)} service(s): {', '.join(names)}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="API listen address")
+@click.option("--port", default=0, type=int, help="API port (0: a free port)")
+def server(host: str, port: int) -> None:
+    """Run the control plane in the foreground."""
+    from corral import server as server_module
+
+    server_module.main(_home(), host, port, foreground=sys.stderr.isatty())
+
+
+def _running_client(home: Home) -> Client | None:
+    url = home.api_url()
+    if url is None or not home.is_locked():
+        return None
+    client = Client(url, home.token("admin"))
+    return client if client.healthy() else None
+
+
+def ensure_server(home: Home) -> Client:
+    """Return a client of this home's control plane, starting one in the background if none
+    is running (it re-adopts whatever instances are still running)."""
+    client = _running_client(home)
+    if client is not None:
+        return client
+    home.create()
+    log = open(home.log_file, "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli.main", "server"],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        env={**os.environ, "CORRAL_HOME": str(home.path)},
+        close_fds=True,
+    )
+    log.close()
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = _tail(home.log_file, 15)
+            raise PlatformUnavailable(
+                f"the control plane exited at start (code {proc.returncode}):\n{tail}",
+                f"see {home.log_file}",
+            )
+        client = _running_client(home)
+        if client is not None:
+            return client
+        time.sleep(0.05)
+    raise PlatformUnavailable(
+        f"the control plane did not come up within {SERVER_START_SECONDS:g}s",
+        f"see {home.log_file}",
+    )
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _print_changes(changes: dict[str, str]) -> None:
+    for name in sorted(changes):
+        verb = changes[name]
+        style = {"created": "green", "updated": "yellow", "removed": "red"}.get(verb, "dim")
+        render.out.print(f"  [{style}]{verb:<9}[/] {name}")
+
+
+def _settled(services: list[dict[str, Any]]) -> tuple[bool, list[dict[str, Any]]]:
+    failed = [s for s in services if s["state"] == "failed"]
+    done = all(
+        s["state"] == "run" or (s["kind"] == "task" and s.get("reason", "").startswith("completed"))
+        for s in services
+    )
+    return done and not failed, failed
+
+
+def wait_ready(client: Client, timeout: float) -> tuple[bool, list[dict[str, Any]]]:
+    deadline = time.monotonic() + timeout
+    services: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        services = client.request("GET", "/services")
+        ok, _ = _settled(services)
+        if ok:
+            return True, services
+        time.sleep(0.1)
+    return False, services
+
+
+def _endpoints(client: Client) -> list[str]:
+    lines = []
+    instances = client.request("GET", "/instances")
+    seen: set[str] = set()
+    for i in instances:
+        if i["phase"] == "run" and i["port"] and i["service"] not in seen:
+            seen.add(i["service"])
+            lines.append(f"  {i['service']:<12} http://127.0.0.1:{i['port']}/")
+    return lines
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(), default=".")
+@click.option("-d", "--detach", is_flag=True, help="Return once every service is ready.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for ready.")
+@click.option("-m", "--message", default="", help="Why (recorded with new releases).")
+def up(manifest: str, detach: bool, timeout: float, message: str) -> None:
+    """Start the platform if needed, apply MANIFEST, and wait until every service is ready.
+
+    In the foreground it follows status live and runs `down` on Ctrl-C."""
+    loaded = _load(manifest)
+    home = _home()
+    client = ensure_server(home)
+    result = client.request("POST", "/apply", _manifest_body(loaded, message))
+    _print_changes(result["changes"])
+    if detach:
+        ok, services = wait_ready(client, timeout)
+        if ok:
+            render.out.print("[green]✓[/] every service is ready")
+            for line in _endpoints(client):
+                render.out.print(line)
+            return
+        render.print_table(render.services_table(services))
+        not_ready = [s for s in services if s["state"] != "run"]
+        for s in not_ready:
+            render.err.print(f"[red]✗[/] {s['name']}: {s['state']} — {s.get('reason') or '?'}")
+        raise SystemExit(1)
+    _follow_foreground(client, home)
+
+
+def _follow_foreground(client: Client, home: Home) -> None:
+    from rich.live import Live
+
+    stop = {"flag": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    announced = False
+    with Live(refresh_per_second=4, console=render.out, transient=False) as live:
+        while not stop["flag"]:
+            try:
+                services = client.request("GET", "/services")
+            except CorralError:
+                break
+            live.update(render.services_table(services))
+            ok, _ = _settled(services)
+            if ok and not announced:
+                announced = True
+                lines = _endpoints(client)
+                live.console.print(
+                    f"[green]✓[/] every service is ready (home {home.path}); Ctrl-C stops all"
+                )
+                for line in lines:
+                    live.console.print(line)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and not stop["flag"]:
+                time.sleep(0.05)
+    render.out.print("stopping every service…")
+    _down(client, home, timeout=120.0)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path())
+@click.option("-m", "--message", default="", help="Why (recorded with new releases).")
+def apply(manifest: str, message: str) -> None:
+    """Apply a changed manifest to the running platform."""
+    loaded = _load(manifest)
+    result = _client().request("POST", "/apply", _manifest_body(loaded, message))
+    _print_changes(result["changes"])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--system", is_flag=True, help="Include the platform's own services.")
+def status(as_json: bool, system: bool) -> None:
+    """Services: state, desired, ready, release."""
+    services = _client().request("GET", "/services", query={"system": int(system)})
+    if as_json:
+        render.write(json.dumps(services, indent=2))
+        return
+    render.print_table(render.services_table(services))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--system", is_flag=True, help="Include the platform's own processes.")
+@click.option("--service", default=None, help="Only this service's instances.")
+def ps(as_json: bool, system: bool, service: str | None) -> None:
+    """Instances: id, service, phase, pid, port, restarts, age, last exit, next restart in."""
+    query: dict[str, Any] = {"system": int(system)}
+    if service:
+        query["service"] = service
+    instances = _client().request("GET", "/instances", query=query)
+    if as_json:
+        render.write(json.dumps(instances, indent=2))
+        return
+    render.print_table(render.instances_table(instances))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--tail", default=100, show_default=True, help="Lines of history.")
+def logs(name: str, follow: bool, tail: int) -> None:
+    """Logs of a service (merged, prefixed by instance) or of one instance."""
+    client = _client()
+    try:
+        for line in client.stream(f"/logs/{name}", {"tail": tail, "follow": int(follow)}):
+            render.write(line)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
+@click.option("--service", default=None, help="Only events of this service.")
+@click.option("-n", "--limit", default=50, show_default=True)
+def events(follow: bool, service: str | None, limit: int) -> None:
+    """Every lifecycle transition with its reason."""
+    client = _client()
+    query: dict[str, Any] = {"limit": limit}
+    if service:
+        query["service"] = service
+    for event in client.request("GET", "/events", query=query):
+        render.write(render.event_line(event))
+    if not follow:
+        return
+    stream_query = {"service": service} if service else None
+    try:
+        for line in client.stream("/events/stream", stream_query):
+            if line.startswith("data: "):
+                render.write(render.event_line(json.loads(line[6:])))
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.argument("assignments", nargs=-1, required=True)
+def scale(assignments: tuple[str, ...]) -> None:
+    """Set desired instances: `corral scale web=3 orders=2`."""
+    client = _client()
+    for item in assignments:
+        name, sep, count = item.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise UserError(f"cannot read {item!r}", "write SERVICE=COUNT, e.g. web=3")
+        result = client.request("POST", f"/services/{name}/scale", {"instances": int(count)})
+        render.out.print(f"{name}: {result['from']} → {result['to']}")
+
+
+@cli.command()
+@click.argument("name")
+def restart(name: str) -> None:
+    """Restart a service's instances, or one instance by id."""
+    client = _client()
+    services = {s["name"] for s in client.request("GET", "/services", query={"system": 1})}
+    path = f"/services/{name}/restart" if name in services else f"/instances/{name}/restart"
+    result = client.request("POST", path)
+    render.out.print(f"restarting {', '.join(result['restarted']) or 'nothing'}")
+
+
+def _down(client: Client, home: Home, timeout: float) -> None:
+    client.request("POST", "/down")
+    deadline = time.monotonic() + timeout
+    remaining: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        remaining = client.request("GET", "/services", query={"system": 1})
+        if not remaining:
+            break
+        time.sleep(0.1)
+    if remaining:
+        names = ", ".join(s["name"] for s in remaining)
+        render.err.print(f"[yellow]still stopping after {timeout:g}s:[/] {names}")
+    pid = home.server_pid()
+    client.request("POST", "/shutdown")
+    deadline = time.monotonic() + 10.0
+    while pid and time.monotonic() < deadline and home.is_locked():
+        time.sleep(0.05)
+    render.out.print("[green]✓[/] stopped")
+
+
+@cli.command()
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for stops.")
+def down(timeout: float) -> None:
+    """Stop every service in reverse dependency order, then the platform."""
+    home = _home()
+    _down(Client.for_home(home), home, timeout)
+
+
+@cli.group()
+def secret() -> None:
+    """Manage secrets (values are never shown)."""
+
+
+@secret.command("set")
+@click.argument("name")
+@click.option("--value", default=None, help="The value (default: read from stdin or a prompt).")
+def secret_set(name: str, value: str | None) -> None:
+    if value is None:
+        if sys.stdin.isatty():
+            value = click.prompt(f"value of {name}", hide_input=True)
+        else:
+            value = sys.stdin.read().rstrip("\n")
+    _client().request("PUT", f"/secrets/{name}", {"value": value})
+    render.out.print(f"secret {name} set")
+
+
+@secret.command("list")
+def secret_list() -> None:
+    for name in _client().request("GET", "/secrets"):
+        render.write(name)
+
+
+@secret.command("rm")
+@click.argument("name")
+def secret_rm(name: str) -> None:
+    _client().request("DELETE", f"/secrets/{name}")
+    render.out.print(f"secret {name} removed")
+
+
+@cli.command()
+@click.argument("file", type=click.Path())
+def backup(file: str) -> None:
+    """Write a consistent snapshot of the platform's state to FILE."""
+    data = _client().request("GET", "/backup", timeout=120)
+    Path(file).write_bytes(data)
+    render.out.print(f"backup written to {file} ({len(data)} bytes)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True))
+def restore(file: str) -> None:
+    """Replace the platform's state with a backup (the control plane must be stopped)."""
+    from corral.store.sqlite import restore_backup
+
+    home = _home()
+    if home.is_locked():
+        raise UserError(
+            f"a control plane is running for {home.path}",
+            "stop it first (`corral down`, or stop `corral server`), then restore",
+        )
+    home.create()
+    restore_backup(Path(file), home.store_path)
+    render.out.print(f"restored {file} into {home.store_path}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema (for editors)."""
+    from corral.manifest import manifest_json_schema
+
+    render.write(json.dumps(manifest_json_schema(), indent=2))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except CorralError as exc:
+        render.error(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Everything the CLI prints, rendered with rich in one place."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from corral.errors import CorralError, ManifestError
+
+# Tables must not be cut when piped (tests, `| grep`): a wide console off a terminal.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+PHASE_STYLE = {
+    "run": "green",
+    "ready": "yellow",
+    "provision": "cyan",
+    "destroy": "dim",
+    "failed": "bold red",
+}
+
+
+def error(exc: CorralError) -> None:
+    if isinstance(exc, ManifestError):
+        err.print(f"[bold red]error:[/] {exc.problems and 'the manifest is invalid'}")
+        for problem in exc.problems:
+            err.print(f"  [red]✗[/] [bold]{problem.path or '(top)'}[/]: {problem.message}")
+            if problem.hint:
+                err.print(f"      [dim]hint: {problem.hint}[/]")
+        return
+    err.print(f"[bold red]error:[/] {exc.message}", markup=True)
+    if exc.hint:
+        err.print(f"  [dim]hint: {exc.hint}[/]")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def services_table(services: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("SERVICE", "STATE", "READY", "DESIRED", "RELEASE", "MODE", "REASON"):
+        table.add_column(column)
+    for s in services:
+        style = PHASE_STYLE.get(s["state"], "")
+        table.add_row(
+            s["name"],
+            f"[{style}]{s['state']}[/]" if style else s["state"],
+            f"{s['ready']}/{s['desired']}",
+            str(s["desired"]),
+            f"v{s['release']}" + (f" ({s['version']})" if s.get("version") else ""),
+            f"{s['mode']}/{s['kind']}" if s["kind"] != "service" else s["mode"],
+            s.get("reason", ""),
+        )
+    return table
+
+
+def instances_table(instances: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in (
+        "INSTANCE",
+        "SERVICE",
+        "PHASE",
+        "PID",
+        "PORT",
+        "RESTARTS",
+        "AGE",
+        "LAST EXIT",
+        "NEXT RESTART IN",
+    ):
+        table.add_column(column)
+    for i in instances:
+        style = PHASE_STYLE.get(i["phase"], "")
+        table.add_row(
+            i["id"],
+            i["service"],
+            f"[{style}]{i['phase']}[/]" if style else i["phase"],
+            str(i["pid"] or "-"),
+            str(i["port"] or "-"),
+            str(i["restarts"]),
+            duration(i["age"]),
+            i["last_exit"] or "-",
+            duration(i["next_restart_in"]) if i["next_restart_in"] is not None else "-",
+        )
+    return table
+
+
+def event_line(event: dict[str, Any]) -> str:
+    at = datetime.datetime.fromtimestamp(event["at"]).strftime("%H:%M:%S.%f")[:-3]
+    move = f" {event['from'] or '∅'} → {event['to']}" if event.get("to") else ""
+    return f"{at}  {event['subject']:<24}{move}  {event['reason']}"
+
+
+def print_table(table: Table) -> None:
+    out.print(table)
+
+
+def write(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,153 @@
+"""Applying a manifest to the Store: new releases only where a service's spec changed.
+
+One transaction writes every changed service and its release, guarded by compares on every
+service key read, so a concurrent apply or scale makes this one fail cleanly (and retry) rather
+than half-apply. Services missing from the manifest are marked ``stopping``; the reconciler
+stops them in reverse dependency order and then forgets them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corral import clock, model
+from corral.control import events
+from corral.errors import Conflict
+from corral.manifest import LoadedManifest, service_record
+from corral.store.base import Compare, Op, Put, Store
+
+
+@dataclass
+class ApplyResult:
+    changes: dict[str, str] = field(default_factory=dict)  # service → created/updated/…
+    revision: int = 0
+
+
+def _desired(new: model.ServiceRecord, old: model.ServiceRecord | None) -> int:
+    if old is None or old.stopping:
+        return new.desired
+    if new.min == new.max:
+        return new.desired
+    # A range keeps the current scale (moved by `corral scale`) clamped into the new bounds.
+    return max(new.min, min(new.max, old.desired))
+
+
+async def apply_manifest(store: Store, loaded: LoadedManifest, message: str = "") -> ApplyResult:
+    for _attempt in range(5):
+        result = await _apply_once(store, loaded, message)
+        if result is not None:
+            return result
+    raise Conflict(
+        "the services changed while applying the manifest (5 attempts)",
+        "try again; if it keeps failing, something is writing services in a loop",
+    )
+
+
+async def _apply_once(store: Store, loaded: LoadedManifest, message: str) -> ApplyResult | None:
+    listing = await store.range(model.SERVICES)
+    current = {
+        kv.key[len(model.SERVICES) :]: (kv, model.decode(kv.value, model.ServiceRecord))
+        for kv in listing.kvs
+    }
+    compares: list[Compare] = []
+    ops: list[Op] = []
+    result = ApplyResult()
+    now = clock.wall()
+    new_events: list[model.Event] = []
+    names = sorted(loaded.manifest.services)
+    for name in names:
+        service = loaded.manifest.services[name]
+        key = model.SERVICES + name
+        old_kv, old = current.get(name, (None, None))
+        compares.append(Compare(key, "mod_revision", "==", old_kv.mod_revision if old_kv else 0))
+        release = (old.release + 1) if old else 1
+        record = service_record(name, service, release=release, base_dir=loaded.base_dir)
+        if old is not None and not old.stopping and _same_spec(old.spec, record.spec):
+            result.changes[name] = "unchanged"
+            continue
+        if old is not None and old.stopping and _same_spec(old.spec, record.spec):
+            record.release = old.release
+            result.changes[name] = "restored"
+        else:
+            result.changes[name] = "updated" if old is not None else "created"
+            ops.append(
+                Put(
+                    model.release_key(name, record.release),
+                    model.encode(
+                        model.Release(
+                            service=name,
+                            number=record.release,
+                            spec=record.spec,
+                            created_at=now,
+                            message=message,
+                        )
+                    ),
+                )
+            )
+        record.desired = _desired(record, old)
+        ops.append(Put(key, model.encode(record)))
+        verb = result.changes[name]
+        new_events.append(
+            events.make(
+                name,
+                "service",
+                f"{verb}: release v{record.release}, {record.desired} instance(s)"
+                + (f" — {message}" if message else ""),
+                service=name,
+                at=now,
+            )
+        )
+    for name in sorted(set(current) - set(names)):
+        old_kv, old = current[name]
+        if old.stopping or old.system:
+            continue
+        compares.append(Compare(old_kv.key, "mod_revision", "==", old_kv.mod_revision))
+        old.stopping = True
+        ops.append(Put(old_kv.key, model.encode(old)))
+        result.changes[name] = "removed"
+        new_events.append(
+            events.make(name, "service", "removed from the manifest: stopping", service=name)
+        )
+    if not ops:
+        result.revision = listing.revision
+        return result
+    for event in new_events:
+        ops.append(Put(events.event_key(event.at), model.encode(event)))
+    txn = await store.txn(compares, ops)
+    if not txn.succeeded:
+        return None
+    result.revision = txn.revision
+    return result
+
+
+def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return model.encode_value(a) == model.encode_value(b)
+
+
+async def stop_all(store: Store) -> list[str]:
+    """Mark every service stopping (``corral down``); returns their names."""
+    listing = await store.range(model.SERVICES)
+    ops: list[Op] = []
+    compares: list[Compare] = []
+    names: list[str] = []
+    for kv in listing.kvs:
+        record = model.decode(kv.value, model.ServiceRecord)
+        names.append(record.name)
+        if record.stopping:
+            continue
+        record.stopping = True
+        compares.append(Compare(kv.key, "mod_revision", "==", kv.mod_revision))
+        ops.append(Put(kv.key, model.encode(record)))
+    if ops:
+        event = events.make("platform", "platform", "down: stopping every service")
+        ops.append(Put(events.event_key(event.at), model.encode(event)))
+        txn = await store.txn(compares, ops)
+        if not txn.succeeded:
+            return await stop_all(store)
+    return names
+
+
+def base_dir_of(source: str | None) -> Path:
+    return Path(source).parent if source else Path.cwd()

@@ -1,0 +1,94 @@
+"""The control plane process (`corral server`): Store, agent, reconciler and API in one loop.
+
+Start-up order matters: lock ``$CORRAL_HOME`` (one control plane per home), open the Store,
+let the agent re-adopt the shims that outlived a previous control plane *before* the reconciler
+plans anything (so nothing running is mistaken for missing), then serve the API and publish
+its address in ``$CORRAL_HOME/api``. On SIGTERM/SIGINT or ``POST /shutdown`` it stops serving
+and exits; the instances keep running under their shims. ``corral down`` stops them first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from corral.agent.agent import Agent
+from corral.api.server import Api
+from corral.control.reconciler import Reconciler
+from corral.home import Home
+from corral.store.sqlite import SQLiteStore
+
+log = logging.getLogger("corral.server")
+
+
+def configure_logging(home: Home, foreground: bool) -> None:
+    handlers: list[logging.Handler] = [logging.FileHandler(home.log_file)]
+    if foreground:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(
+        level=os.environ.get("CORRAL_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def serve(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
+    lock_fd = home.lock()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tokens = home.ensure_tokens()
+    store = await SQLiteStore.open(home.store_path)
+    agent = Agent(store, home)
+    reconciler = Reconciler(store, endpoints_file=home.path / "endpoints.json")
+    runner: web.AppRunner | None = None
+    try:
+        await agent.start()
+        await reconciler.start()
+        api = Api(store, home, tokens, on_shutdown=stop.set)
+        runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = port
+        for address in runner.addresses:
+            bound = int(address[1])
+            break
+        home.write_atomic("server.pid", f"{os.getpid()}\n")
+        home.write_atomic("api", f"http://{host}:{bound}\n")
+        log.info(
+            "control plane %d serving http://%s:%d for %s", os.getpid(), host, bound, home.path
+        )
+        await stop.wait()
+        log.info("control plane stopping; instances keep running under their shims")
+    finally:
+        for path in (home.api_file, home.pid_file):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if runner is not None:
+            await runner.cleanup()
+        await reconciler.close()
+        await agent.close()
+        await store.close()
+        os.close(lock_fd)
+
+
+def main(home: Home, host: str, port: int, foreground: bool = True) -> None:
+    home.create()
+    configure_logging(home, foreground)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep the plain loop working
+        pass
+    asyncio.run(serve(home, host, port))

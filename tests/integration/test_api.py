@@ -1,0 +1,142 @@
+"""The HTTP API in process: tokens, error bodies, validation, secrets never leaving."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from corral.api.server import Api
+from corral.home import Home
+from corral.store.sqlite import SQLiteStore
+
+MANIFEST = {
+    "services": {
+        "web": {
+            "command": "python3 -m http.server",
+            "instances": {"min": 1, "max": 3},
+            "env": {"DB_PASSWORD": {"secret": "db-password"}, "MODE": "prod"},
+        }
+    }
+}
+
+
+class Ctx:
+    def __init__(self, client: TestClient[Any, Any], tokens: dict[str, str]) -> None:
+        self.client = client
+        self.tokens = tokens
+
+    def auth(self, role: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Ctx]:
+    home = Home(tmp_path / "home")
+    home.create()
+    tokens = home.ensure_tokens()
+    store = await SQLiteStore.open(home.store_path)
+    server = TestServer(Api(store, home, tokens).app())
+    client: TestClient[Any, Any] = TestClient(server)
+    await client.start_server()
+    try:
+        yield Ctx(client, tokens)
+    finally:
+        await client.close()
+        await store.close()
+
+
+async def test_calls_without_a_token_get_401_with_a_hint(api: Ctx) -> None:
+    response = await api.client.get("/api/v1/services")
+    assert response.status == 401
+    body = await response.json()
+    assert body["code"] == "unauthorized" and "Bearer" in body["hint"]
+
+
+async def test_the_read_token_reads_but_cannot_change_anything(api: Ctx) -> None:
+    assert (await api.client.get("/api/v1/services", headers=api.auth("read"))).status == 200
+    response = await api.client.post(
+        "/api/v1/apply", json={"manifest": MANIFEST}, headers=api.auth("read")
+    )
+    assert response.status == 403
+    assert (await response.json())["code"] == "forbidden"
+    ingest = await api.client.get("/api/v1/services", headers=api.auth("ingest"))
+    assert ingest.status == 403
+
+
+async def test_health_and_openapi_answer_without_a_token(api: Ctx) -> None:
+    assert (await api.client.get("/api/v1/health")).status == 200
+    doc = await (await api.client.get("/api/v1/openapi.json")).json()
+    assert doc["openapi"].startswith("3.")
+    assert "/api/v1/services/{name}/scale" in doc["paths"]
+
+
+async def test_a_malformed_body_gets_400_not_a_traceback(api: Ctx) -> None:
+    response = await api.client.post(
+        "/api/v1/apply",
+        data=b"{not json",
+        headers={**api.auth(), "Content-Type": "application/json"},
+    )
+    assert response.status == 400
+    body = await response.json()
+    assert set(body) == {"code", "message", "hint"} and "JSON" in body["message"]
+    response = await api.client.post("/api/v1/apply", json=[1, 2], headers=api.auth())
+    assert response.status == 400
+
+
+async def test_an_invalid_manifest_is_refused_whole_with_every_problem(api: Ctx) -> None:
+    bad = {"services": {"web": {"comand": "x", "instances": {"min": 3, "max": 1}}}}
+    response = await api.client.post("/api/v1/apply", json={"manifest": bad}, headers=api.auth())
+    assert response.status == 422
+    body = await response.json()
+    paths = {p["path"] for p in body["problems"]}
+    assert "services.web.comand" in paths and "services.web.instances" in paths
+    services = await (await api.client.get("/api/v1/services", headers=api.auth())).json()
+    assert services == []  # nothing half-applied
+
+
+async def test_apply_twice_is_a_noop_and_a_change_makes_a_new_release(api: Ctx) -> None:
+    first = await api.client.post("/api/v1/apply", json={"manifest": MANIFEST}, headers=api.auth())
+    assert (await first.json())["changes"] == {"web": "created"}
+    again = await api.client.post("/api/v1/apply", json={"manifest": MANIFEST}, headers=api.auth())
+    assert (await again.json())["changes"] == {"web": "unchanged"}
+    changed = {"services": {"web": {**MANIFEST["services"]["web"], "version": "2"}}}
+    third = await api.client.post("/api/v1/apply", json={"manifest": changed}, headers=api.auth())
+    assert (await third.json())["changes"] == {"web": "updated"}
+    [web] = await (await api.client.get("/api/v1/services", headers=api.auth())).json()
+    assert web["release"] == 2
+
+
+async def test_scale_outside_the_declared_bounds_names_the_path(api: Ctx) -> None:
+    await api.client.post("/api/v1/apply", json={"manifest": MANIFEST}, headers=api.auth())
+    response = await api.client.post(
+        "/api/v1/services/web/scale", json={"instances": 7}, headers=api.auth()
+    )
+    assert response.status == 400
+    body = await response.json()
+    assert "services.web.instances" in body["message"] and "[1, 3]" in body["message"]
+    ok = await api.client.post(
+        "/api/v1/services/web/scale", json={"instances": 3}, headers=api.auth()
+    )
+    assert (await ok.json()) == {"service": "web", "from": 1, "to": 3}
+    missing = await api.client.post(
+        "/api/v1/services/nope/scale", json={"instances": 1}, headers=api.auth()
+    )
+    assert missing.status == 404 and "web" in (await missing.json())["hint"]
+
+
+async def test_secret_values_never_appear_in_any_response(api: Ctx) -> None:
+    value = "s3cr3t-Value-42"
+    put = await api.client.put(
+        "/api/v1/secrets/db-password", json={"value": value}, headers=api.auth()
+    )
+    assert put.status == 200
+    await api.client.post("/api/v1/apply", json={"manifest": MANIFEST}, headers=api.auth())
+    for path in ("/api/v1/secrets", "/api/v1/services", "/api/v1/events", "/api/v1/instances"):
+        text = await (await api.client.get(path, headers=api.auth())).text()
+        assert value not in text, path
+    names = await (await api.client.get("/api/v1/secrets", headers=api.auth())).json()
+    assert names == ["db-password"]
