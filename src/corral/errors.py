@@ -17,7 +17,12 @@ prints them and exits with ``exit_code``.
     ├── StoreError                     500     3   the Store cannot serve
     │   ├── Compacted                  410     2   watch history before a revision is gone
     │   └── StoreCorrupt               500     3   a store file is damaged or incompatible
-    └── StartError                     500     2   an instance's command cannot start
+    ├── StartError                     500     2   an instance's command cannot start
+    │   └── runtime.driver.StartFailed                 carries the instance's ExitInfo
+    └── control.lifecycle.ImpossibleTransition 500 1   a caller fed an event the table forbids
+
+Modules define a subclass next to the code that raises it when it carries extra data
+(``manifest.graph.DependencyCycle`` is a ``UserError`` with the cycle).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,39 @@ def test_up_detached_then_operate_the_fleet_then_down(home: Path, tmp_path: Path
     down = corral(home, "down")
     assert down.returncode == 0, down.stderr
     assert corral(home, "status").returncode == 3
+
+
+def test_up_in_the_foreground_stops_everything_on_ctrl_c(home: Path, tmp_path: Path) -> None:
+    app = write_app(tmp_path)
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text("services:\n" + service_yaml("web", app))
+    env = {**os.environ, "CORRAL_HOME": str(home)}
+    proc = subprocess.Popen(
+        [*CORRAL, "up", str(manifest)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def web_ready() -> list[dict[str, object]] | None:
+            result = corral(home, "ps", "--json")
+            if result.returncode != 0:
+                return None
+            running = [i for i in json.loads(result.stdout) if i["phase"] == "run"]
+            return running or None
+
+        [web] = wait_for(web_ready, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped" in out
+    assert corral(home, "status").returncode == 3
+    pid = web["pid"]
+    assert isinstance(pid, int)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -193,10 +193,10 @@ def test_second_server_on_the_same_home_refuses_to_start(platform: Platform) -> 
 
 
 def test_memory_limit_is_enforced_and_reported(platform: Platform) -> None:
-    hog = "b = []\nwhile True: b.append(bytearray(8 << 20))"
+    hog = "b = []\\nwhile True: b.append(bytearray(8 << 20))"  # YAML "…" turns \\n into \n
     platform.apply_text(
         "services:\n  hog:\n"
-        f"    command: [{PY}, -c, '{hog}']\n"
+        f'    command: [{PY}, -c, "{hog}"]\n'
         "    resources: {memory: 64Mi}\n"
         "    restart: {backoff: {initial: 5s, max: 5s}}\n"
     )

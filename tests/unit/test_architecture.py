@@ -26,6 +26,7 @@ PURE_MODULES = [
     "corral.control.backoff",
     "corral.control.planner",
     "corral.control.workqueue",
+    "corral.sim.reconcile",
 ]
 
 FORBIDDEN_MODULES = {

@@ -225,7 +225,7 @@ def _follow_foreground(client: Client, home: Home) -> None:
                 )
                 for line in lines:
                     live.console.print(line)
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + 0.5
             while time.monotonic() < deadline and not stop["flag"]:
                 time.sleep(0.05)
     render.out.print("stopping every service…")

@@ -29,6 +29,9 @@ log = logging.getLogger("corral.reconciler")
 
 RESYNC_SECONDS = 30.0
 EVENTS_KEPT = 5000
+# Watch history kept behind the head: enough for any watcher that is seconds behind; one that
+# is further behind gets `Compacted` and re-lists.
+HISTORY_KEPT = 10_000
 
 
 class Reconciler:
@@ -166,6 +169,9 @@ class Reconciler:
             self._wake.set()
             with contextlib.suppress(Exception):
                 await events.trim(self.store, EVENTS_KEPT)
+                head = (await self.store.range(model.PLATFORM, limit=1)).revision
+                if head > HISTORY_KEPT:
+                    await self.store.compact(head - HISTORY_KEPT)
 
     # -- worker -------------------------------------------------------------------------------
 
