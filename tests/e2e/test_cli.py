@@ -142,3 +142,33 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(home: Path, tmp_path: P
     assert isinstance(pid, int)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_backup_and_restore_bring_back_the_platform_state(home: Path, tmp_path: Path) -> None:
+    app = write_app(tmp_path)
+    manifest = tmp_path / "app.yaml"
+    manifest.write_text("services:\n" + service_yaml("web", app))
+    assert corral(home, "up", str(manifest), "-d").returncode == 0
+    assert corral(home, "secret", "set", "k", "--value", "v").returncode == 0
+    snapshot = tmp_path / "backup.db"
+    assert corral(home, "backup", str(snapshot)).returncode == 0
+    refused = corral(home, "restore", str(snapshot))
+    assert refused.returncode == 2 and "running" in refused.stderr
+    assert corral(home, "down").returncode == 0
+
+    other = tmp_path / "other-home"
+    restored = corral(other, "restore", str(snapshot))
+    assert restored.returncode == 0, restored.stderr
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    bad = corral(other, "restore", str(garbage))
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    # The restored home knows the service and the secret; its server brings the app back.
+    try:
+        up = corral(other, "up", str(manifest), "-d")
+        assert up.returncode == 0, up.stderr
+        assert "unchanged" in up.stdout
+        assert corral(other, "secret", "list").stdout.split() == ["k"]
+    finally:
+        corral(other, "down")
+        kill_leftovers(other)

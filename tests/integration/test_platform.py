@@ -259,3 +259,26 @@ def test_redis_as_a_managed_pet_keeps_a_key_across_kill9(platform: Platform) -> 
     )
     value = wait_for(lambda: redis_cmd("GET", "order:1"), timeout=10)
     assert value == b"$6\r\napples\r\n"
+
+
+def test_event_stream_delivers_transitions_as_they_happen(
+    platform: Platform, tmp_path: Path
+) -> None:
+    import json
+    import threading
+
+    seen: list[dict[str, object]] = []
+    stream = platform.client.stream("/events/stream")
+
+    def read() -> None:
+        for line in stream:
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+
+    threading.Thread(target=read, daemon=True).start()
+    app = write_app(tmp_path)
+    platform.apply_text("services:\n" + service_yaml("web", app))
+    platform.wait_for(
+        lambda: any(e["subject"].startswith("web-") and e["to"] == "run" for e in seen),
+        what="the instance's run transition on the stream",
+    )

@@ -185,7 +185,7 @@ class Agent:
         started = status.incarnation if status else 0
         if sup is not None:
             if spec.incarnation > sup.spec.incarnation:
-                await self._stop(sup, "restart requested")
+                await self._stop(sup, "restart requested", restarting=True)
             else:
                 sup.spec = spec
                 return
@@ -193,9 +193,10 @@ class Agent:
             return
         await self._launch(spec, status)
 
-    async def _stop(self, sup: Supervision, reason: str) -> None:
+    async def _stop(self, sup: Supervision, reason: str, restarting: bool = False) -> None:
         sup.stop_requested = True
-        await self._set_phase(sup.spec, "destroy", reason, "stop_requested")
+        if not restarting:
+            await self._set_phase(sup.spec, "destroy", reason, "stop_requested")
         with contextlib.suppress(Exception):
             await self.driver.stop(sup.spec.id)
         if sup.task is not None:
@@ -387,7 +388,9 @@ class Agent:
         self.supervised.pop(sup.spec.id, None)
         status = self.statuses.get(sup.spec.id) or model.InstanceStatus(id=sup.spec.id)
         spec = self.specs.get(sup.spec.id, sup.spec)
-        await self._record_exit(spec, status, exit_info, status.restarts, sup.release_spec, sup)
+        await self._record_exit(
+            spec, status, exit_info, status.restarts, sup.release_spec, sup, sup.spec.incarnation
+        )
         if not self._closing and spec.id in self.specs:
             self._kick(spec.id)
 
@@ -462,15 +465,23 @@ class Agent:
         restarts: int,
         release_spec: Mapping[str, Any],
         sup: Supervision | None,
+        incarnation: int | None = None,
     ) -> None:
+        """Record how the process of ``incarnation`` (default: the spec's) ended."""
         policy = _backoff_policy(release_spec)
         crashes = status.consecutive_crashes or spec.consecutive_crashes
-        stopped = exit_info.requested and (sup is None or sup.kill_reason is None)
+        requested = exit_info.requested and (sup is None or sup.kill_reason is None)
+        # A requested exit while the spec still wants the instance running is a restart in
+        # place (`corral restart`), not a stop: the phase goes back to provision, not destroy.
+        restarting = requested and spec.desired == "running" and spec.id in self.specs
+        stopped = requested and not restarting
         completed = (
             release_spec.get("kind") == "task" and exit_info.code == 0 and not exit_info.requested
         )
         restart_at: float | None = None
-        if stopped:
+        if restarting:
+            event, reason = "exited_will_restart", f"restarting on request ({exit_info.reason})"
+        elif stopped:
             event, reason = "stop_requested", f"stopped ({exit_info.reason})"
         elif completed:
             event, reason = "task_completed", "task completed (exit 0)"
@@ -494,7 +505,7 @@ class Agent:
             id=spec.id,
             phase=phase,
             reason=reason,
-            incarnation=spec.incarnation,
+            incarnation=incarnation if incarnation is not None else spec.incarnation,
             alive=False,
             pid=None,
             shim_pid=None,
@@ -533,7 +544,28 @@ class Agent:
     # -- re-adoption after a control-plane restart -------------------------------------------
 
     async def _adopt(self) -> None:
+        adopted_ids = await self._adopt_shims()
+        # A status that says "alive" with no shim behind it (the machine rebooted, the state
+        # was restored from a backup, the instance dir was removed) is a lost process: record
+        # it as an exit so the planner restarts or replaces it, instead of trusting a ghost.
+        for instance_id in sorted(self.specs):
+            status = self.statuses.get(instance_id)
+            if instance_id in adopted_ids or status is None or not status.alive:
+                continue
+            spec = self.specs[instance_id]
+            lost = model.ExitInfo(
+                at=clock.wall(),
+                reason="lost: no shim is running for it (machine restart or restored state)",
+            )
+            release_spec = await self._release_spec(spec)
+            await self._record_exit(
+                spec, status, lost, status.restarts, release_spec, None, status.incarnation
+            )
+
+    async def _adopt_shims(self) -> set[str]:
+        seen: set[str] = set()
         for adopted in await self.driver.adopt():
+            seen.add(adopted.instance_id)
             spec = self.specs.get(adopted.instance_id)
             status = self.statuses.get(adopted.instance_id)
             if spec is None:
@@ -547,7 +579,10 @@ class Agent:
             if adopted.running is not None:
                 running = adopted.running
                 health = InstanceHealth(_probe_timings(release_spec), spawned_at=clock.monotonic())
-                env = await self._environment(spec, release_spec)
+                try:
+                    env = await self._environment(spec, release_spec)
+                except LaunchFailure:
+                    env = {}  # only exec probes use it; the process itself keeps its own
                 sup = Supervision(spec, release_spec, running, health, env)
                 if status is not None and status.phase in ("ready", "run"):
                     # Keep it routable while probes re-confirm; no restart, no flap.
@@ -570,7 +605,10 @@ class Agent:
                 if status is not None and not status.alive and status.exit == adopted.exit:
                     continue
                 base = status or model.InstanceStatus(id=spec.id)
-                await self._record_exit(spec, base, adopted.exit, base.restarts, release_spec, None)
+                await self._record_exit(
+                    spec, base, adopted.exit, base.restarts, release_spec, None, adopted.incarnation
+                )
+        return seen
 
 
 class LaunchFailure(Exception):
