@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -267,7 +268,7 @@ def test_event_stream_delivers_transitions_as_they_happen(
     import json
     import threading
 
-    seen: list[dict[str, object]] = []
+    seen: list[dict[str, Any]] = []
     stream = platform.client.stream("/events/stream")
 
     def read() -> None:

@@ -32,14 +32,14 @@ from corral.agent.health import (
     Started,
     Unroutable,
 )
-from corral.control import backoff, events, lifecycle
+from corral.control import backoff, events, lifecycle, state
 from corral.errors import Compacted
 from corral.home import Home
 from corral.manifest.expand import expand
 from corral.runtime.driver import LaunchSpec, Running, StartFailed
 from corral.runtime.local import LocalDriver
 from corral.runtime.ports import port_in_use
-from corral.store.base import Compare, Put, Store
+from corral.store.base import Compare, Op, Put, Store
 
 log = logging.getLogger("corral.agent")
 
@@ -254,19 +254,9 @@ class Agent:
         names = sorted(deps)
         if not names:
             return out
-        listing = await self.store.range(model.INSTANCES)
-        statuses: dict[str, model.InstanceStatus] = {}
-        specs: dict[str, model.InstanceSpec] = {}
-        for kv in listing.kvs:
-            iid, _, part = kv.key[len(model.INSTANCES) :].rpartition("/")
-            if part == "status":
-                statuses[iid] = model.decode(kv.value, model.InstanceStatus)
-            elif part == "spec":
-                specs[iid] = model.decode(kv.value, model.InstanceSpec)
+        observed = await state.load_instances(self.store)
         for name in names:
-            for iid in sorted(specs):
-                other = specs[iid]
-                st = statuses.get(iid)
+            for other, st in observed:
                 if other.service == name and other.ports and st and st.phase == "run":
                     port = next(iter(other.ports.values()))
                     out[f"{name.upper().replace('-', '_')}_URL"] = f"http://127.0.0.1:{port}"
@@ -295,10 +285,13 @@ class Agent:
         health = InstanceHealth(_probe_timings(release_spec), spawned_at=clock.monotonic())
         sup = Supervision(spec, release_spec, result, health, env)
         self.supervised[spec.id] = sup
+        reason = f"started pid {result.app_pid}" + (f" (restart #{restarts})" if restarts else "")
+        if release_spec.get("resources", {}).get("cpu") and not result.cpu_enforced:
+            reason += "; CPU limit not enforced: no usable cgroup cpu controller"
         new = model.InstanceStatus(
             id=spec.id,
             phase="provision",
-            reason="process started",
+            reason=reason,
             incarnation=spec.incarnation,
             alive=True,
             pid=result.app_pid,
@@ -309,24 +302,7 @@ class Agent:
             consecutive_crashes=base.consecutive_crashes or spec.consecutive_crashes,
             updated_at=now,
         )
-        await self._write_status(new)
-        await events.record(
-            self.store,
-            events.make(
-                spec.id,
-                "instance",
-                f"started pid {result.app_pid}"
-                + (f" (restart #{restarts})" if restarts else "")
-                + (
-                    ""
-                    if result.cpu_enforced or not release_spec.get("resources", {}).get("cpu")
-                    else "; CPU limit not enforced: no usable cgroup cpu controller"
-                ),
-                service=spec.service,
-                from_phase=base.phase if status else "",
-                to_phase="provision",
-            ),
-        )
+        await self._write_status(new, base.phase if status else "", spec.service)
         sup.task = asyncio.create_task(self._supervise(sup))
 
     def _launch_spec(
@@ -443,19 +419,7 @@ class Agent:
                 "updated_at": now,
             }
         )
-        await self._write_status(updated)
-        if status.phase != new_phase:
-            await events.record(
-                self.store,
-                events.make(
-                    spec.id,
-                    "instance",
-                    reason,
-                    service=spec.service,
-                    from_phase=status.phase,
-                    to_phase=new_phase,
-                ),
-            )
+        await self._write_status(updated, status.phase if status.phase != new_phase else None)
 
     async def _record_exit(
         self,
@@ -517,27 +481,31 @@ class Agent:
             restart_at=restart_at,
             updated_at=clock.wall(),
         )
-        await self._write_status(updated)
-        await events.record(
-            self.store,
-            events.make(
-                spec.id,
-                "instance",
-                reason,
-                service=spec.service,
-                from_phase=status.phase,
-                to_phase=phase,
-            ),
-        )
+        await self._write_status(updated, status.phase, spec.service)
 
-    async def _write_status(self, status: model.InstanceStatus) -> None:
-        # Only while the spec exists: a status written after the reconciler forgot the
-        # instance would be an orphan nobody deletes.
+    async def _write_status(
+        self,
+        status: model.InstanceStatus,
+        from_phase: str | None = None,
+        service: str = "",
+    ) -> None:
+        """Write ``status``; with ``from_phase``, record the transition as an event in the same
+        transaction. Only while the spec exists: a status written after the reconciler forgot
+        the instance would be an orphan nobody deletes."""
         spec_key = model.instance_key(status.id, "spec")
-        txn = await self.store.txn(
-            [Compare(spec_key, "exists", "==", True)],
-            [Put(model.instance_key(status.id, "status"), model.encode(status))],
-        )
+        ops: list[Op] = [Put(model.instance_key(status.id, "status"), model.encode(status))]
+        if from_phase is not None:
+            spec = self.specs.get(status.id)
+            event = events.make(
+                status.id,
+                "instance",
+                status.reason,
+                service=service or (spec.service if spec else ""),
+                from_phase=from_phase,
+                to_phase=status.phase,
+            )
+            ops.append(Put(events.event_key(event.at), model.encode(event)))
+        txn = await self.store.txn([Compare(spec_key, "exists", "==", True)], ops)
         if txn.succeeded:
             self.statuses[status.id] = status
 

@@ -6,30 +6,9 @@ from typing import Any
 
 from corral import model
 from corral.control import backoff
-from corral.store.base import Store
+from corral.control.state import load_instances, load_services
 
-
-async def load_instances(
-    store: Store,
-) -> list[tuple[model.InstanceSpec, model.InstanceStatus | None]]:
-    listing = await store.range(model.INSTANCES)
-    specs: dict[str, model.InstanceSpec] = {}
-    statuses: dict[str, model.InstanceStatus] = {}
-    for kv in listing.kvs:
-        instance_id, _, part = kv.key[len(model.INSTANCES) :].rpartition("/")
-        if part == "spec":
-            specs[instance_id] = model.decode(kv.value, model.InstanceSpec)
-        elif part == "status":
-            statuses[instance_id] = model.decode(kv.value, model.InstanceStatus)
-    return [(specs[i], statuses.get(i)) for i in sorted(specs)]
-
-
-async def load_services(store: Store) -> dict[str, model.ServiceRecord]:
-    listing = await store.range(model.SERVICES)
-    return {
-        kv.key[len(model.SERVICES) :]: model.decode(kv.value, model.ServiceRecord)
-        for kv in listing.kvs
-    }
+__all__ = ["instance_view", "load_instances", "load_services", "service_view"]
 
 
 def instance_view(
