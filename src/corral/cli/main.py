@@ -228,6 +228,7 @@ def _follow_foreground(client: Client, home: Home) -> None:
             deadline = time.monotonic() + 0.5
             while time.monotonic() < deadline and not stop["flag"]:
                 time.sleep(0.05)
+    render.out.print()
     render.out.print("stopping every service…")
     _down(client, home, timeout=120.0)
 
