@@ -30,6 +30,10 @@ if [ "$want_test" = 1 ]; then
   # Real third-party programs the integration tests run as managed services.
   need=()
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v nginx >/dev/null 2>&1 || need+=(nginx)   # gateway tests: a real upstream peer
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)       # bench/gateway.py
+  command -v curl >/dev/null 2>&1 || need+=(curl)
+  command -v taskset >/dev/null 2>&1 || need+=(util-linux)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "bootstrap: apt-get install ${need[*]}" >&2

@@ -13,6 +13,7 @@ everyone appends events.
     /corral/events/<NNNNNNNNNNNNNNNNNNNN>  Event            lifecycle transitions with reasons
     /corral/secrets/<name>                raw bytes         never returned by the API
     /corral/nodes/<node>                  NodeRecord        attached to the agent's lease
+    /corral/rollouts/<name>               Rollout           the current (or last) rollout
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ INSTANCES = PREFIX + "instances/"
 EVENTS = PREFIX + "events/"
 SECRETS = PREFIX + "secrets/"
 NODES = PREFIX + "nodes/"
+ROLLOUTS = PREFIX + "rollouts/"
 PLATFORM = PREFIX + "platform"
 
 
@@ -49,6 +51,20 @@ class BackoffPolicy(msgspec.Struct, frozen=True):
     reset_after: float = 600.0
     failed_after: int = 5
     jitter: float = 0.1
+
+
+class UpdatePolicy(msgspec.Struct, frozen=True):
+    """How a new release replaces the running one (manifest ``update:``)."""
+
+    strategy: Literal["rolling", "recreate"] = "rolling"
+    max_surge: int | str = "25%"
+    max_unavailable: int | str = 0
+    min_healthy: float = 10.0
+    healthy_deadline: float = 300.0
+    progress_deadline: float = 600.0
+    auto_rollback: bool = True
+    canary: int = 0
+    auto_promote: bool = False
 
 
 class Dependency(msgspec.Struct, frozen=True):
@@ -71,14 +87,48 @@ class ServiceRecord(msgspec.Struct):
     stopping: bool = False  # removed from the manifest, or the platform is going down
     system: bool = False  # the platform's own (gateway, collector): hidden from `ps`
     spec: dict[str, Any] = {}  # the release's spec (manifest service, secrets as references)
+    digest: str = ""  # of the instance template (spec + restart generation): what "current" is
+    restart_generation: int = 0  # bumped by `corral restart SERVICE` (a rollout, same release)
+    update: UpdatePolicy = UpdatePolicy()
+    disruption: int = 1  # voluntary operations take at most this many out of `run` at once
+    drain: float = 1.0  # seconds out of routing before the stop signal (updates, scale-in)
 
 
 class Release(msgspec.Struct):
+    """An immutable snapshot of a service's spec; only ``outcome`` changes afterwards."""
+
     service: str
     number: int
     spec: dict[str, Any]
     created_at: float
     message: str = ""
+    user: str = ""
+    digest: str = ""
+    copied_from: int | None = None  # a rollback copies an older release
+    outcome: str = ""  # "" while rolling out; complete / failed: … / rolled back / aborted
+
+
+class Rollout(msgspec.Struct):
+    """The rollout of one service to its current template (``/corral/rollouts/<name>``).
+
+    Written by the API when a rollout starts (and for pause/resume/promote/abort), and by the
+    reconciler as it progresses; every write is a compare-and-set on the key's revision."""
+
+    service: str
+    kind: Literal["update", "rollback", "restart"]
+    from_release: int
+    to_release: int
+    to_digest: str
+    started_at: float
+    state: Literal["progressing", "paused", "complete", "failed", "aborted"] = "progressing"
+    step: str = ""  # what it waits on now, for `corral rollout status`
+    stable_release: int = 0  # the last release that was fully healthy (0: none yet)
+    stable_digest: str = ""
+    promoted: bool = False  # canary promoted
+    progress: str = ""  # a marker of progress; when it changes, last_progress_at moves
+    last_progress_at: float = 0.0
+    finished_at: float = 0.0
+    reason: str = ""
 
 
 class InstanceSpec(msgspec.Struct):
@@ -100,6 +150,9 @@ class InstanceSpec(msgspec.Struct):
     consecutive_crashes: int = 0  # inherited likewise, so a crash loop keeps its backoff
     replaces: str | None = None
     system: bool = False
+    digest: str = ""  # the service template it runs (see ServiceRecord.digest)
+    since: float = 0.0  # when it got this template (created, or a pet updated in place)
+    drain: float = 0.0  # with desired "stopped": leave routing this long before the signal
 
 
 class ExitInfo(msgspec.Struct, frozen=True):

@@ -27,6 +27,17 @@ PURE_MODULES = [
     "corral.control.planner",
     "corral.control.workqueue",
     "corral.sim.reconcile",
+    "corral.control.rollout",
+    "corral.control.diff",
+    "corral.gateway.router",
+    "corral.gateway.lb",
+    "corral.gateway.outlier",
+    "corral.gateway.retry",
+    "corral.gateway.framing",
+    "corral.gateway.metrics",
+    "corral.telemetry.normalize",
+    "corral.telemetry.rollup",
+    "corral.telemetry.model",
 ]
 
 FORBIDDEN_MODULES = {

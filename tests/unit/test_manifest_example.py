@@ -162,7 +162,20 @@ def test_a_minimal_service_gets_the_documented_defaults() -> None:
             "backoff": {"initial": 1.0, "max": 60.0, "reset_after": 600.0},
             "failed_after": 5,
         },
-        "stop": {"signal": "SIGTERM", "grace": 30.0},
+        "stop": {"signal": "SIGTERM", "grace": 30.0, "drain": 1.0},
+        "update": {
+            "strategy": "rolling",
+            "max_surge": "25%",
+            "max_unavailable": 0,
+            "min_healthy": 10.0,
+            "healthy_deadline": 300.0,
+            "progress_deadline": 600.0,
+            "auto_rollback": True,
+            "canary": 0,
+            "auto_promote": False,
+        },
+        "disruption": {"max_unavailable": 1},
+        "history": 10,
     }
     assert api.instance_bounds() == (0, 1000)
     assert api.initial_instances() == 1

@@ -32,7 +32,7 @@ def test_a_spec_is_json_with_seconds_bytes_and_an_absolute_cwd() -> None:
     assert spec["cwd"] == "/srv/shop/data"
     assert spec["command"] == ["postgres", "-D", "${DATA_DIR}", "-p", "${PORT}"]
     assert spec["resources"] == {"cpu": 0.5, "memory": 1024**3}
-    assert spec["stop"] == {"signal": "SIGINT", "grace": 90.0}
+    assert spec["stop"] == {"signal": "SIGINT", "grace": 90.0, "drain": 1.0}
     assert spec["restart"]["backoff"] == {"initial": 2.0, "max": 120.0, "reset_after": 3600.0}
     assert spec["health"]["startup"]["period"] == 0.5
 

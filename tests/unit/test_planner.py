@@ -17,6 +17,7 @@ from corral.control.planner import (
     ForgetService,
     Observed,
     Restart,
+    RolloutProgress,
     Stop,
     affected_keys,
     build_index,
@@ -110,7 +111,7 @@ def kinds(actions: Sequence[Action]) -> list[tuple[str, str]]:
     for a in actions:
         if isinstance(a, Create):
             what = a.service if a.ordinal is None else f"{a.service}-{a.ordinal}"
-        elif isinstance(a, ForgetService):
+        elif isinstance(a, ForgetService | RolloutProgress):
             what = a.service
         else:
             what = a.instance_id
@@ -491,7 +492,7 @@ def test_plan_invariants_hold_for_any_world(
                             not index.facts.get(other.name) or not index.facts[other.name].may_run
                         )
             touched.append(action.instance_id)
-        else:
+        elif isinstance(action, ForgetService):
             assert recs[action.service].stopping and action.service not in index.members
     assert len(touched) == len(set(touched)), "one action per instance per pass"
     assert sorted(p.states) == sorted(recs)

@@ -197,6 +197,10 @@ class Agent:
         sup.stop_requested = True
         if not restarting:
             await self._set_phase(sup.spec, "destroy", reason, "stop_requested")
+            spec = self.specs.get(sup.spec.id)
+            if spec is not None and spec.drain > 0:
+                # Out of `run` first (the gateway stops routing to it), then the signal.
+                await asyncio.sleep(spec.drain)
         with contextlib.suppress(Exception):
             await self.driver.stop(sup.spec.id)
         if sup.task is not None:
@@ -334,25 +338,14 @@ class Agent:
     async def _supervise(self, sup: Supervision) -> None:
         exit_task = asyncio.create_task(self.driver.wait_exit(sup.spec.id))
         try:
-            await self._apply_health(sup, sup.health.initial_actions())
-            while not exit_task.done():
-                now = clock.monotonic()
-                await self._apply_health(sup, sup.health.tick(now))
-                due = sup.health.due(now)
-                if due:
-                    results = await asyncio.gather(*(self._probe(sup, name) for name in due))
-                    now = clock.monotonic()
-                    for name, (ok, detail) in zip(due, results, strict=True):
-                        await self._apply_health(sup, sup.health.observe(name, ok, detail, now))
-                    continue
-                delay = max(0.01, sup.health.next_due(now) - now)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await asyncio.shield(exit_task)
-            exit_info = exit_task.result()
-        finally:
-            if not exit_task.done():
-                exit_task.cancel()
+            await self._probe_until_exit(sup, exit_task)
+        except asyncio.CancelledError:
+            exit_task.cancel()
+            raise
+        except Exception:
+            # Probing broke (a bug): keep watching the process itself, never lose its exit.
+            log.exception("probing %s failed; still watching its process", sup.spec.id)
+        exit_info = await exit_task
         if sup.kill_reason is not None:
             exit_info = model.ExitInfo(
                 at=exit_info.at,
@@ -369,6 +362,25 @@ class Agent:
         )
         if not self._closing and spec.id in self.specs:
             self._kick(spec.id)
+
+    async def _probe_until_exit(
+        self, sup: Supervision, exit_task: asyncio.Task[model.ExitInfo]
+    ) -> None:
+        await self._apply_health(sup, sup.health.initial_actions())
+        while not exit_task.done():
+            now = clock.monotonic()
+            await self._apply_health(sup, sup.health.tick(now))
+            due = sup.health.due(now)
+            if due:
+                results = await asyncio.gather(*(self._probe(sup, name) for name in due))
+                now = clock.monotonic()
+                for name, (ok, detail) in zip(due, results, strict=True):
+                    await self._apply_health(sup, sup.health.observe(name, ok, detail, now))
+                continue
+            delay = max(0.01, sup.health.next_due(now) - now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await asyncio.shield(exit_task)
 
     async def _probe(self, sup: Supervision, name: ProbeName) -> tuple[bool, str]:
         probe = (sup.release_spec.get("health") or {}).get(name) or {}
@@ -401,7 +413,7 @@ class Agent:
         self, spec: model.InstanceSpec, phase: model.Phase, reason: str, event: str
     ) -> None:
         status = self.statuses.get(spec.id) or model.InstanceStatus(id=spec.id)
-        if status.phase == phase and status.reason == reason:
+        if status.phase == phase:
             return
         new_phase = lifecycle.next_phase(status.phase, event)  # type: ignore[arg-type]
         now = clock.wall()

@@ -16,15 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from corral import __version__, clock, model
 from corral.api import auth, views
 from corral.control import apply as applying
-from corral.control import events
+from corral.control import events, releases
+from corral.control.diff import spec_changes as diff_specs
+from corral.control.diff import summary as change_summary
+from corral.control.rollout import template_digest
 from corral.errors import Compacted, CorralError, NotFound, UserError
 from corral.home import Home
-from corral.manifest import validate_manifest_data
+from corral.manifest import service_record, validate_manifest_data
 from corral.runtime import logs as logfiles
 from corral.store.base import Compare, Delete, Put, Store
 
@@ -63,6 +67,11 @@ class Api:
             Route("GET", "/api/v1/services/{name}", self.service, "One service"),
             Route("POST", "/api/v1/services/{name}/scale", self.scale, "Set desired count"),
             Route("POST", "/api/v1/services/{name}/restart", self.restart_service, "Restart"),
+            Route("POST", "/api/v1/diff", self.diff, "What apply would change, per service"),
+            Route("GET", "/api/v1/services/{name}/releases", self.releases, "Release history"),
+            Route("GET", "/api/v1/services/{name}/rollout", self.rollout, "Current rollout"),
+            Route("POST", "/api/v1/services/{name}/rollback", self.rollback, "Roll back"),
+            Route("POST", "/api/v1/services/{name}/rollout/{verb}", self.rollout_verb, "Control"),
             Route("GET", "/api/v1/instances", self.instances, "Instances with their phase"),
             Route("POST", "/api/v1/instances/{id}/restart", self.restart_instance, "Restart one"),
             Route("GET", "/api/v1/events", self.events, "Recent lifecycle events"),
@@ -213,7 +222,9 @@ class Api:
 
     async def apply(self, request: web.Request) -> web.StreamResponse:
         loaded, body = await self._loaded(request)
-        result = await applying.apply_manifest(self.store, loaded, str(body.get("message") or ""))
+        result = await applying.apply_manifest(
+            self.store, loaded, str(body.get("message") or ""), str(body.get("user") or "")
+        )
         return web.json_response({"changes": result.changes, "revision": result.revision})
 
     async def _service_views(self, include_system: bool) -> list[dict[str, Any]]:
@@ -316,11 +327,168 @@ class Api:
         return restarted
 
     async def restart_service(self, request: web.Request) -> web.StreamResponse:
+        """A rolling restart: a new template generation, rolled out like any update (surge
+        first for cattle, one pet at a time), within the disruption budget."""
         name = self._name(request)
-        await self._service(name)
-        ids = [s.id for s, _ in await views.load_instances(self.store) if s.service == name]
-        done = await self._restart(ids, "restart requested (corral restart)")
-        return web.json_response({"restarted": done})
+        for _attempt in range(5):
+            revision, record = await self._service(name)
+            rollout_revision, previous = await releases.read_rollout(self.store, name)
+            old = model.decode(model.encode(record), model.ServiceRecord)
+            record.restart_generation += 1
+            record.digest = template_digest(record.spec, record.restart_generation)
+            rollout = releases.start_rollout("restart", old, record, previous, clock.wall())
+            if previous is not None and previous.state == "complete":
+                # Restarting a healthy release: roll back to it (not to anything older).
+                rollout.stable_release, rollout.stable_digest = old.release, old.digest
+            event = events.make(name, "service", "rolling restart requested", service=name)
+            txn = await self.store.txn(
+                [
+                    Compare(model.SERVICES + name, "mod_revision", "==", revision),
+                    Compare(releases.rollout_key(name), "mod_revision", "==", rollout_revision),
+                ],
+                [
+                    Put(model.SERVICES + name, model.encode(record)),
+                    Put(releases.rollout_key(name), model.encode(rollout)),
+                    Put(events.event_key(event.at), model.encode(event)),
+                ],
+            )
+            if txn.succeeded:
+                ids = [s.id for s, _ in await views.load_instances(self.store) if s.service == name]
+                return web.json_response({"restarted": ids, "rolling": True})
+        raise UserError(f"service {name!r} kept changing during the restart", "try again")
+
+    async def diff(self, request: web.Request) -> web.StreamResponse:
+        loaded, _ = await self._loaded(request)
+        services = await views.load_services(self.store)
+        out: dict[str, Any] = {}
+        for name in sorted(set(services) | set(loaded.manifest.services)):
+            service = loaded.manifest.services.get(name)
+            old = services.get(name)
+            if old is not None and old.system:
+                continue
+            if service is None:
+                out[name] = (
+                    {"change": "removed", "changes": []} if old and not old.stopping else None
+                )
+                continue
+            new = service_record(name, service, release=0, base_dir=loaded.base_dir)
+            changes = diff_specs(old.spec if old else None, new.spec)
+            restarts = old is None or template_digest(
+                new.spec, old.restart_generation
+            ) != template_digest(old.spec, old.restart_generation)
+            verb = "created" if old is None else ("updated" if changes else "unchanged")
+            out[name] = {
+                "change": verb,
+                "changes": [c.render() for c in changes],
+                "new_release": bool(changes) and verb != "unchanged",
+                "replaces_instances": bool(changes) and restarts,
+            }
+        return web.json_response({k: v for k, v in out.items() if v is not None})
+
+    async def releases(self, request: web.Request) -> web.StreamResponse:
+        name = self._name(request)
+        _, record = await self._service(name)
+        history = await releases.list_releases(self.store, name)
+        out = []
+        previous: dict[str, Any] | None = None
+        for release in history:
+            if previous is None:
+                what = "first release kept"
+            elif release.copied_from:
+                what = f"copy of v{release.copied_from}"
+            else:
+                what = change_summary(diff_specs(previous, release.spec))
+            out.append(
+                {
+                    "release": release.number,
+                    "version": release.spec.get("version"),
+                    "created_at": release.created_at,
+                    "message": release.message,
+                    "user": release.user,
+                    "changes": what,
+                    "outcome": release.outcome
+                    or ("rolling out" if release.number == record.release else ""),
+                    "current": release.number == record.release,
+                }
+            )
+            previous = release.spec
+        return web.json_response(out)
+
+    async def rollout(self, request: web.Request) -> web.StreamResponse:
+        name = self._name(request)
+        _, record = await self._service(name)
+        _, rollout = await releases.read_rollout(self.store, name)
+        if rollout is None:
+            raise NotFound(f"service {name!r} has no rollout yet", "apply a manifest first")
+        members = [(s, st) for s, st in await views.load_instances(self.store) if s.service == name]
+        current = [s.id for s, _ in members if s.desired == "running" and s.digest == record.digest]
+        outdated = [
+            s.id for s, _ in members if s.desired == "running" and s.digest != record.digest
+        ]
+        body = msgspec_to_dict(rollout)
+        body.update({"current": current, "outdated": outdated, "desired": record.desired})
+        return web.json_response(body)
+
+    async def rollback(self, request: web.Request) -> web.StreamResponse:
+        name = self._name(request)
+        body = await self._body(request) if request.can_read_body else {}
+        to = body.get("to")
+        if to is not None and (not isinstance(to, int) or isinstance(to, bool) or to < 1):
+            raise UserError(f"rollback {name}: `to` must be a release number", "--to 7")
+        release = await releases.rollback(
+            self.store,
+            name,
+            to,
+            user=str(body.get("user") or ""),
+            message=str(body.get("message") or ""),
+        )
+        return web.json_response(
+            {"service": name, "release": release.number, "copied_from": release.copied_from}
+        )
+
+    async def rollout_verb(self, request: web.Request) -> web.StreamResponse:
+        name = self._name(request)
+        verb = request.match_info["verb"]
+        if verb not in ("pause", "resume", "abort", "promote"):
+            raise NotFound(f"no rollout command {verb!r}", "use pause, resume, abort or promote")
+        if verb == "abort":
+            revision, rollout = await releases.read_rollout(self.store, name)
+            if rollout is None or rollout.state not in ("progressing", "paused"):
+                raise UserError(f"service {name!r} has no rollout in progress to abort")
+            if not rollout.stable_release:
+                raise UserError(
+                    f"service {name!r} has no earlier healthy release to return to",
+                    "apply a fixed manifest instead",
+                )
+            release = await releases.rollback(
+                self.store, name, rollout.stable_release, message="rollout aborted"
+            )
+            return web.json_response({"service": name, "aborted": True, "release": release.number})
+        for _attempt in range(5):
+            revision, rollout = await releases.read_rollout(self.store, name)
+            if rollout is None or rollout.state not in ("progressing", "paused"):
+                raise UserError(
+                    f"service {name!r} has no rollout in progress",
+                    f"`corral rollout status {name}` shows the last one",
+                )
+            if verb == "pause":
+                rollout.state = "paused"
+            elif verb == "resume":
+                rollout.state = "progressing"
+                rollout.last_progress_at = clock.wall()
+            else:
+                rollout.promoted = True
+            event = events.make(name, "service", f"rollout {verb}d", service=name)
+            txn = await self.store.txn(
+                [Compare(releases.rollout_key(name), "mod_revision", "==", revision)],
+                [
+                    Put(releases.rollout_key(name), model.encode(rollout)),
+                    Put(events.event_key(event.at), model.encode(event)),
+                ],
+            )
+            if txn.succeeded:
+                return web.json_response({"service": name, "state": rollout.state, "verb": verb})
+        raise UserError(f"the rollout of {name!r} kept changing", "try again")
 
     async def restart_instance(self, request: web.Request) -> web.StreamResponse:
         instance_id = self._name(request, "id")
@@ -452,6 +620,11 @@ class Api:
             with contextlib.suppress(FileNotFoundError):
                 target.unlink()
         return web.Response(body=data, content_type="application/octet-stream")
+
+
+def msgspec_to_dict(record: Any) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.to_builtins(record)
+    return result
 
 
 def _flag(request: web.Request, name: str) -> bool:

@@ -3,6 +3,7 @@ user mistakes print ``error: … / hint: …`` and exit 2, an unreachable platfo
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import yaml
 
 from corral import __version__
 from corral.cli import render
+from corral.cli.gateway import gateway as gateway_group
 from corral.client import Client
 from corral.errors import CorralError, PlatformUnavailable, UserError
 from corral.home import Home
@@ -41,6 +43,13 @@ def _load(path: str) -> LoadedManifest:
     return load_manifest(path)
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
 def _manifest_body(loaded: LoadedManifest, message: str = "") -> dict[str, Any]:
     # Send what the user wrote (already validated here); the server validates it again.
     assert loaded.path is not None
@@ -49,6 +58,7 @@ def _manifest_body(loaded: LoadedManifest, message: str = "") -> dict[str, Any]:
         "source": str(loaded.path),
         "base_dir": str(loaded.base_dir),
         "message": message,
+        "user": _user(),
     }
 
 
@@ -324,12 +334,84 @@ def scale(assignments: tuple[str, ...]) -> None:
 @cli.command()
 @click.argument("name")
 def restart(name: str) -> None:
-    """Restart a service's instances, or one instance by id."""
+    """Restart a service (rolling, within its disruption budget), or one instance by id."""
     client = _client()
     services = {s["name"] for s in client.request("GET", "/services", query={"system": 1})}
     path = f"/services/{name}/restart" if name in services else f"/instances/{name}/restart"
     result = client.request("POST", path)
-    render.out.print(f"restarting {', '.join(result['restarted']) or 'nothing'}")
+    how = "rolling restart of" if result.get("rolling") else "restarting"
+    render.out.print(f"{how} {', '.join(result['restarted']) or 'nothing'}")
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path())
+def diff(manifest: str) -> None:
+    """What `apply` would change, per service, before doing it."""
+    loaded = _load(manifest)
+    result = _client().request("POST", "/diff", _manifest_body(loaded))
+    render.diff(result)
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def releases(service: str, as_json: bool) -> None:
+    """A service's numbered release history: what changed, who/why, when, outcome."""
+    history = _client().request("GET", f"/services/{service}/releases")
+    if as_json:
+        render.write(json.dumps(history, indent=2))
+        return
+    render.print_table(render.releases_table(history))
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--to", "to", type=int, default=None, help="Release number (default: last good).")
+@click.option("-m", "--message", default="", help="Why.")
+def rollback(service: str, to: int | None, message: str) -> None:
+    """Roll back: a new release that copies an old one (config travels with code)."""
+    body: dict[str, Any] = {"message": message, "user": _user()}
+    if to is not None:
+        body["to"] = to
+    result = _client().request("POST", f"/services/{service}/rollback", body)
+    render.out.print(
+        f"{service}: release v{result['release']} (copy of v{result['copied_from']}) rolling out"
+    )
+
+
+@cli.group()
+def rollout() -> None:
+    """Follow and steer a service's current rollout."""
+
+
+@rollout.command("status")
+@click.argument("service")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def rollout_status(service: str, as_json: bool) -> None:
+    """Progress of the current update, with the step it waits on."""
+    state = _client().request("GET", f"/services/{service}/rollout")
+    if as_json:
+        render.write(json.dumps(state, indent=2))
+        return
+    render.rollout(state)
+
+
+def _rollout_verb(verb: str) -> Callable[[str], None]:
+    def command(service: str) -> None:
+        result = _client().request("POST", f"/services/{service}/rollout/{verb}")
+        render.out.print(f"{service}: rollout {verb} → {result.get('state', 'done')}")
+
+    command.__doc__ = {
+        "pause": "Pause the rollout where it is.",
+        "resume": "Resume a paused rollout.",
+        "abort": "Abort: return to the last healthy release.",
+        "promote": "Promote a canary: continue the rollout to every instance.",
+    }[verb]
+    return command
+
+
+for _verb in ("pause", "resume", "abort", "promote"):
+    rollout.command(_verb)(click.argument("service")(_rollout_verb(_verb)))
 
 
 def _down(client: Client, home: Home, timeout: float) -> None:
@@ -423,6 +505,9 @@ def schema() -> None:
     from corral.manifest import manifest_json_schema
 
     render.write(json.dumps(manifest_json_schema(), indent=2))
+
+
+cli.add_command(gateway_group)
 
 
 def main() -> None:

@@ -111,3 +111,58 @@ def print_table(table: Table) -> None:
 def write(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def diff(result: dict[str, Any]) -> None:
+    styles = {"created": "green", "updated": "yellow", "removed": "red", "unchanged": "dim"}
+    for name in sorted(result):
+        entry = result[name]
+        verb = entry["change"]
+        note = ""
+        if verb == "updated":
+            note = (
+                " (new release; replaces instances)"
+                if entry.get("replaces_instances")
+                else " (new release; no instance replaced)"
+            )
+        out.print(f"[{styles.get(verb, '')}]{verb:<9}[/] {name}{note}")
+        for line in entry.get("changes", []):
+            out.print(f"    {line}", markup=False)
+
+
+def releases_table(history: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("RELEASE", "VERSION", "WHEN", "WHO", "WHAT CHANGED", "WHY", "OUTCOME"):
+        table.add_column(column)
+    for r in history:
+        when = datetime.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            ("* " if r["current"] else "  ") + f"v{r['release']}",
+            str(r["version"] or "-"),
+            when,
+            r["user"] or "-",
+            r["changes"],
+            r["message"] or "-",
+            r["outcome"] or "-",
+        )
+    return table
+
+
+def rollout(state: dict[str, Any]) -> None:
+    out.print(
+        f"[bold]{state['service']}[/]: {state['kind']} v{state['from_release']} → "
+        f"v{state['to_release']}: [bold]{state['state']}[/]"
+    )
+    out.print(f"  step:     {state['step'] or '-'}", markup=False)
+    out.print(f"  progress: {state['progress'] or '-'}", markup=False)
+    out.print(
+        f"  current:  {len(state['current'])}/{state['desired']} "
+        f"({', '.join(state['current']) or '-'})",
+        markup=False,
+    )
+    if state["outdated"]:
+        out.print(f"  outdated: {', '.join(state['outdated'])}", markup=False)
+    if state.get("stable_release"):
+        out.print(f"  rollback target: v{state['stable_release']}")
+    if state.get("reason"):
+        out.print(f"  reason:   {state['reason']}", markup=False)

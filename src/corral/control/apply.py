@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from corral import clock, model
-from corral.control import events
+from corral.control import events, releases
+from corral.control.rollout import template_digest
 from corral.errors import Conflict
 from corral.manifest import LoadedManifest, service_record
 from corral.store.base import Compare, Op, Put, Store
@@ -34,9 +35,11 @@ def _desired(new: model.ServiceRecord, old: model.ServiceRecord | None) -> int:
     return max(new.min, min(new.max, old.desired))
 
 
-async def apply_manifest(store: Store, loaded: LoadedManifest, message: str = "") -> ApplyResult:
+async def apply_manifest(
+    store: Store, loaded: LoadedManifest, message: str = "", user: str = ""
+) -> ApplyResult:
     for _attempt in range(5):
-        result = await _apply_once(store, loaded, message)
+        result = await _apply_once(store, loaded, message, user)
         if result is not None:
             return result
     raise Conflict(
@@ -45,7 +48,9 @@ async def apply_manifest(store: Store, loaded: LoadedManifest, message: str = ""
     )
 
 
-async def _apply_once(store: Store, loaded: LoadedManifest, message: str) -> ApplyResult | None:
+async def _apply_once(
+    store: Store, loaded: LoadedManifest, message: str, user: str
+) -> ApplyResult | None:
     listing = await store.range(model.SERVICES)
     current = {
         kv.key[len(model.SERVICES) :]: (kv, model.decode(kv.value, model.ServiceRecord))
@@ -63,13 +68,17 @@ async def _apply_once(store: Store, loaded: LoadedManifest, message: str) -> App
         old_kv, old = current.get(name, (None, None))
         compares.append(Compare(key, "mod_revision", "==", old_kv.mod_revision if old_kv else 0))
         release = (old.release + 1) if old else 1
+        old_stable = await _stable_release(store, name)
         record = service_record(name, service, release=release, base_dir=loaded.base_dir)
-        if old is not None and not old.stopping and _same_spec(old.spec, record.spec):
-            result.changes[name] = "unchanged"
-            continue
-        if old is not None and old.stopping and _same_spec(old.spec, record.spec):
-            record.release = old.release
-            result.changes[name] = "restored"
+        record.restart_generation = old.restart_generation if old else 0
+        record.digest = template_digest(record.spec, record.restart_generation)
+        if old is not None and _same_spec(old.spec, record.spec):
+            if not old.stopping and _same_policy(old, record):
+                result.changes[name] = "unchanged"
+                continue
+            # Same template (only how it is run changed, or it was being removed): no release.
+            record.release, record.digest = old.release, old.digest
+            result.changes[name] = "restored" if old.stopping else "updated"
         else:
             result.changes[name] = "updated" if old is not None else "created"
             ops.append(
@@ -82,10 +91,28 @@ async def _apply_once(store: Store, loaded: LoadedManifest, message: str) -> App
                             spec=record.spec,
                             created_at=now,
                             message=message,
+                            user=user,
+                            digest=record.digest,
                         )
                     ),
                 )
             )
+            ops += await releases.prune_ops(store, name, _history_of(record) - 1, {old_stable})
+        if old is None or old.digest != record.digest:
+            rollout_kv = await store.get(releases.rollout_key(name))
+            previous = model.decode(rollout_kv.value, model.Rollout) if rollout_kv else None
+            compares.append(
+                Compare(
+                    releases.rollout_key(name),
+                    "mod_revision",
+                    "==",
+                    rollout_kv.mod_revision if rollout_kv else 0,
+                )
+            )
+            serving_now = await releases.serving(store, old)
+            rollout = releases.start_rollout("update", old, record, previous, now, serving_now)
+            ops.append(Put(releases.rollout_key(name), model.encode(rollout)))
+            ops += await releases.supersede_ops(store, previous, serving_now, record.release)
         record.desired = _desired(record, old)
         ops.append(Put(key, model.encode(record)))
         verb = result.changes[name]
@@ -122,8 +149,39 @@ async def _apply_once(store: Store, loaded: LoadedManifest, message: str) -> App
     return result
 
 
+# How many instances run is desired state, not a release: scaling in the manifest changes it
+# without a new release (how a rollout runs is part of a release but not of the template:
+# see `rollout.template_of`).
+NOT_RELEASED = frozenset({"instances"})
+
+
 def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return model.encode_value(a) == model.encode_value(b)
+    def released(spec: dict[str, Any]) -> bytes:
+        return model.encode_value({k: v for k, v in spec.items() if k not in NOT_RELEASED})
+
+    return released(a) == released(b)
+
+
+def _same_policy(a: model.ServiceRecord, b: model.ServiceRecord) -> bool:
+    return (a.min, a.max, a.update, a.disruption, a.drain) == (
+        b.min,
+        b.max,
+        b.update,
+        b.disruption,
+        b.drain,
+    )
+
+
+async def _stable_release(store: Store, name: str) -> int:
+    _, rollout = await releases.read_rollout(store, name)
+    if rollout is None:
+        return 0
+    return rollout.to_release if rollout.state == "complete" else rollout.stable_release
+
+
+def _history_of(record: model.ServiceRecord) -> int:
+    value = record.spec.get("history", 10)
+    return int(value) if isinstance(value, int) else 10
 
 
 async def stop_all(store: Store) -> list[str]:

@@ -164,6 +164,7 @@ class ServiceFacts:
     pending: bool  # the plan has work left: creates, stops, forgets or restarts
     was_running: bool  # the service was in `run` or `scale` before (or has an instance in run)
     previous: ServiceState | None = None
+    rolling: Literal["update", "rollback", "restart"] | None = None  # a rollout in progress
 
 
 SERVICE_STATE_RULES: tuple[tuple[ServiceState, str, Callable[[ServiceFacts], bool]], ...] = (
@@ -173,6 +174,16 @@ SERVICE_STATE_RULES: tuple[tuple[ServiceState, str, Callable[[ServiceFacts], boo
         lambda f: f.stopping,
     ),
     ("failed", "an instance is crash-looping (phase `failed`)", lambda f: f.failed > 0),
+    (
+        "rollback",
+        "a rollout back to an earlier release is in progress",
+        lambda f: f.rolling == "rollback",
+    ),
+    (
+        "update",
+        "a rollout to a new release (or a rolling restart) is in progress",
+        lambda f: f.rolling in ("update", "restart"),
+    ),
     (
         "run",
         "every desired instance is in `run` (a task: completed) and nothing is pending",
@@ -186,7 +197,6 @@ SERVICE_STATE_RULES: tuple[tuple[ServiceState, str, Callable[[ServiceFacts], boo
     ),
     ("provision", "otherwise: instances are being created, started or restarted", lambda f: True),
 )
-# `update` and `rollback` come with rolling updates: their rules go between `failed` and `run`.
 
 
 def service_state(facts: ServiceFacts) -> ServiceState:

@@ -46,8 +46,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from corral.control import backoff
+from corral.control import rollout as rollouts
 from corral.control.lifecycle import ServiceFacts, service_state
-from corral.model import InstanceSpec, InstanceStatus, ServiceRecord, ServiceState
+from corral.model import InstanceSpec, InstanceStatus, Rollout, ServiceRecord, ServiceState
 
 Observed = tuple[InstanceSpec, InstanceStatus | None]
 
@@ -73,6 +74,7 @@ class Restart:
 class Stop:
     instance_id: str
     reason: str = ""
+    drain: bool = False  # leave routing for the service's drain period before the signal
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,26 @@ class ForgetService:
     reason: str = ""
 
 
-Action = Create | Restart | Stop | Forget | ForgetService
+@dataclass(frozen=True)
+class Update:
+    """Give a pet the service's current template in place (same id, port, DATA_DIR)."""
+
+    instance_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RolloutProgress:
+    """Record where the service's rollout stands (the step it waits on, its outcome)."""
+
+    service: str
+    step: str
+    progress: str
+    outcome: str = ""  # "", "complete", "promote", or "failed"
+    reason: str = ""
+
+
+Action = Create | Restart | Stop | Forget | ForgetService | Update | RolloutProgress
 
 
 @dataclass
@@ -119,6 +140,7 @@ class PlanIndex:
     members: dict[str, list[Observed]]  # service -> its instances, sorted by id
     dependents: dict[str, list[str]]  # service -> services whose depends_on names it, sorted
     facts: dict[str, _DependencyFacts]
+    rollouts: Mapping[str, Rollout] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return sorted(set(self.services) | set(self.members))
@@ -163,7 +185,11 @@ def may_run(
     return not completed(record, spec, status)
 
 
-def build_index(services: Mapping[str, ServiceRecord], instances: Sequence[Observed]) -> PlanIndex:
+def build_index(
+    services: Mapping[str, ServiceRecord],
+    instances: Sequence[Observed],
+    rollouts: Mapping[str, Rollout] | None = None,
+) -> PlanIndex:
     members: dict[str, list[Observed]] = {}
     for observed in instances:
         members.setdefault(observed[0].service, []).append(observed)
@@ -191,7 +217,7 @@ def build_index(services: Mapping[str, ServiceRecord], instances: Sequence[Obser
                     and status.incarnation == spec.incarnation
                 )
         facts[name] = _DependencyFacts(healthy, started, done, running)
-    return PlanIndex(services, members, dependents, facts)
+    return PlanIndex(services, members, dependents, facts, rollouts or {})
 
 
 def affected_keys(services: Mapping[str, ServiceRecord], name: str) -> list[str]:
@@ -320,12 +346,30 @@ def _plan_running(
         else:
             counted.append((spec, status))
 
-    keep = _scale_pets(out, record, counted, present, can_start) if record.mode == "pet" else None
-    if keep is None:
-        keep = _scale_cattle(out, record, counted, can_start)
+    rollout = index.rollouts.get(name)
+    active = (
+        rollout is not None
+        and rollout.to_digest == record.digest
+        and rollout.state in ("progressing", "paused")
+    )
+    outdated = [o for o in counted if not rollouts.is_current(record, o[0])]
+    rolling_kind: str | None = None
+    rollout_note = ""
+    if outdated or active:
+        keep, supervised, rollout_note = _plan_rollout(
+            out, record, rollout if active else None, counted, present, can_start, now
+        )
+        rolling_kind = rollout.kind if rollout is not None and active else "update"
+    else:
+        if record.mode == "pet":
+            keep = _scale_pets(out, record, counted, present, can_start)
+        else:
+            keep = _scale_cattle(out, record, counted, can_start, waiting_stop)
+        supervised = keep
 
     ready = failing = 0
     crash_note = ""
+    supervised_ids = {spec.id for spec, _ in supervised}
     for spec, status in keep:
         if completed(record, spec, status):
             ready += 1
@@ -341,7 +385,7 @@ def _plan_running(
             starting and backoff.is_crash_looping(record.backoff, crashes)
         )
         note = ""
-        if exited(spec, status):
+        if exited(spec, status) and spec.id in supervised_ids:
             assert status is not None
             note = _handle_exit(out, record, spec, status, now, can_start)
         if looping:
@@ -358,8 +402,10 @@ def _plan_running(
         ready=ready,
         failed=failing,
         pending=waiting_stop or len(out.actions) > first_action or n != record.desired,
-        was_running=previous in ("run", "scale") or (previous is None and ready > 0),
+        was_running=previous in ("run", "scale", "update", "rollback")
+        or (previous is None and ready > 0),
         previous=previous,
+        rolling=rolling_kind,  # type: ignore[arg-type]  # "update", "rollback" or "restart"
     )
     state = service_state(facts)
     progress = f"{ready}/{record.desired} {'completed' if record.kind == 'task' else 'ready'}"
@@ -367,11 +413,69 @@ def _plan_running(
         reason = crash_note or f"an instance is crash-looping; {progress}"
     elif unmet and state != "run":
         reason = f"waiting for {', '.join(unmet)}; {progress}"
+    elif state in ("update", "rollback"):
+        reason = f"{rollout_note}; {progress}" if rollout_note else progress
     elif state == "scale":
         reason = f"scaling to {record.desired}: {progress}"
     else:
         reason = progress
     out.states[name] = (state, reason)
+
+
+def _plan_rollout(
+    out: Plan,
+    record: ServiceRecord,
+    rollout: Rollout | None,
+    counted: list[Observed],
+    present: set[str],
+    can_start: bool,
+    now: float,
+) -> tuple[list[Observed], list[Observed], str]:
+    """One step of the service's rollout (``control.rollout``). Returns the instances that
+    count towards the service, those whose crashes are handled as usual (current ones), and
+    a note for the state reason."""
+    if record.mode == "pet":
+        counted = _scale_pets(out, record, counted, present, can_start)
+    current = [o for o in counted if rollouts.is_current(record, o[0])]
+    outdated = [o for o in counted if not rollouts.is_current(record, o[0])]
+    decision = rollouts.decide(record, rollout, current, outdated, now)
+    if decision.requeue_at is not None:
+        out.requeue_at = (
+            decision.requeue_at
+            if out.requeue_at is None
+            else min(out.requeue_at, decision.requeue_at)
+        )
+    label = (
+        f"v{rollout.from_release} → v{rollout.to_release}" if rollout else f"to v{record.release}"
+    )
+    if decision.failed is None:
+        if can_start:
+            for _ in range(decision.creates):
+                out.actions.append(Create(record.name, None, record.release, reason=label))
+        by_id = {o[0].id: o for o in counted}
+        for instance_id in decision.stops:
+            spec, status = by_id[instance_id]
+            _remove(out, spec, status, f"replaced by the rollout {label}", drain=True)
+        for instance_id in decision.updates:
+            out.actions.append(Update(instance_id, f"rollout {label}"))
+    outcome = ""
+    if decision.failed is not None:
+        outcome = "failed"
+    elif decision.complete:
+        outcome = "complete"
+    elif decision.promote:
+        outcome = "promote"
+    if rollout is not None and (
+        outcome or rollout.step != decision.step or rollout.progress != decision.progress
+    ):
+        out.actions.append(
+            RolloutProgress(
+                record.name, decision.step, decision.progress, outcome, decision.failed or ""
+            )
+        )
+    stopping = set(decision.stops)
+    keep = [o for o in counted if o[0].id not in stopping]
+    return keep, current, f"rollout {label}: {decision.step}"
 
 
 def _scale_pets(
@@ -404,16 +508,29 @@ def _scale_pets(
 
 
 def _scale_cattle(
-    out: Plan, record: ServiceRecord, counted: list[Observed], can_start: bool
+    out: Plan,
+    record: ServiceRecord,
+    counted: list[Observed],
+    can_start: bool,
+    waiting_stop: bool = False,
 ) -> list[Observed]:
     extra = len(counted) - record.desired
     if extra > 0:
-        # Stop the least useful first: not in `run`, then the newest.
-        ranked = sorted(counted, key=_stop_preference)
-        for spec, status in ranked[:extra]:
-            _remove(out, spec, status, f"scale down to {record.desired}")
-        chosen = {spec.id for spec, _ in ranked[:extra]}
-        return [o for o in counted if o[0].id not in chosen]
+        # Stop the least useful first: not in `run`, then the newest. Instances in `run` go
+        # at most `disruption` at a time (the disruption budget), the others at once.
+        ranked = sorted(counted, key=_stop_preference)[:extra]
+        budget = 0 if waiting_stop else record.disruption
+        chosen: list[Observed] = []
+        for observed in ranked:
+            if rollouts.in_run(observed):
+                if budget <= 0:
+                    continue
+                budget -= 1
+            chosen.append(observed)
+        for spec, status in chosen:
+            _remove(out, spec, status, f"scale down to {record.desired}", drain=True)
+        gone = {spec.id for spec, _ in chosen}
+        return [o for o in counted if o[0].id not in gone]
     if extra < 0 and can_start:
         for _ in range(-extra):
             out.actions.append(
@@ -428,12 +545,18 @@ def _stop_preference(observed: Observed) -> tuple[bool, float, str]:
     return (in_run, -spec.created_at, spec.id)
 
 
-def _remove(out: Plan, spec: InstanceSpec, status: InstanceStatus | None, reason: str) -> None:
+def _remove(
+    out: Plan,
+    spec: InstanceSpec,
+    status: InstanceStatus | None,
+    reason: str,
+    drain: bool = False,
+) -> None:
     # An instance whose process already exited needs no stop: forget it at once.
     if exited(spec, status):
         out.actions.append(Forget(spec.id, reason))
     else:
-        out.actions.append(Stop(spec.id, reason))
+        out.actions.append(Stop(spec.id, reason, drain=drain))
 
 
 def _handle_exit(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import clock, ids, model
-from corral.control import events, planner
+from corral.control import events, planner, releases
 from corral.control.workqueue import WorkQueue
 from corral.errors import Compacted
 from corral.runtime.ports import allocate_port
@@ -52,6 +52,7 @@ class Reconciler:
         self.service_status: dict[str, model.ServiceStatus] = {}
         self.specs: dict[str, model.InstanceSpec] = {}
         self.statuses: dict[str, model.InstanceStatus] = {}
+        self.rollouts: dict[str, model.Rollout] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._endpoints: dict[str, list[str]] | None = None
@@ -80,6 +81,7 @@ class Reconciler:
         self.service_status.clear()
         self.specs.clear()
         self.statuses.clear()
+        self.rollouts.clear()
         listing = await self.store.range(model.PREFIX)
         for kv in listing.kvs:
             self._cache(kv.key, kv.value)
@@ -106,6 +108,13 @@ class Reconciler:
             else:
                 self.services[name] = model.decode(value, model.ServiceRecord)
             return planner.affected_keys(self.services, name)
+        if key.startswith(model.ROLLOUTS):
+            name = key[len(model.ROLLOUTS) :]
+            if value is None:
+                self.rollouts.pop(name, None)
+            else:
+                self.rollouts[name] = model.decode(value, model.Rollout)
+            return [name]
         if key.startswith(model.SERVICE_STATUS):
             name = key[len(model.SERVICE_STATUS) :]
             if value is None:
@@ -193,7 +202,7 @@ class Reconciler:
 
     async def _process(self, keys: list[str]) -> None:
         observed = [(spec, self.statuses.get(i)) for i, spec in sorted(self.specs.items())]
-        index = planner.build_index(self.services, observed)
+        index = planner.build_index(self.services, observed, self.rollouts)
         wall = clock.wall()
         mono = clock.monotonic()
         self.passes += 1
@@ -221,7 +230,15 @@ class Reconciler:
             elif isinstance(action, planner.Restart):
                 await self._update_spec(action.instance_id, action.reason, restart=True)
             elif isinstance(action, planner.Stop):
-                await self._update_spec(action.instance_id, action.reason, restart=False)
+                await self._update_spec(
+                    action.instance_id, action.reason, restart=False, drain=action.drain
+                )
+            elif isinstance(action, planner.Update):
+                await self._update_spec(
+                    action.instance_id, action.reason, restart=True, update=True
+                )
+            elif isinstance(action, planner.RolloutProgress):
+                await self._rollout_progress(action)
             elif isinstance(action, planner.Forget):
                 await self._forget(action.instance_id)
             elif isinstance(action, planner.ForgetService):
@@ -252,6 +269,10 @@ class Reconciler:
             consecutive_crashes=action.consecutive_crashes,
             replaces=action.replaces,
             system=record.system,
+            digest=record.digest,
+            # A replacement inherits when its slot got the template, so a crash loop of fresh
+            # replacements still meets the rollout's healthy_deadline.
+            since=self._since_of(action.replaces) or clock.wall(),
         )
         key = model.instance_key(instance_id, "spec")
         reason = action.reason or "created"
@@ -265,25 +286,112 @@ class Reconciler:
         if txn.succeeded:
             self._local_write(key, model.encode(spec), txn.revision)
 
-    async def _update_spec(self, instance_id: str, reason: str, *, restart: bool) -> None:
+    def _since_of(self, replaced: str | None) -> float:
+        old = self.specs.get(replaced) if replaced else None
+        record = self.services.get(old.service) if old else None
+        if old is None or record is None or old.digest != record.digest:
+            return 0.0
+        return old.since
+
+    async def _update_spec(
+        self,
+        instance_id: str,
+        reason: str,
+        *,
+        restart: bool,
+        update: bool = False,
+        drain: bool = False,
+    ) -> None:
         key = model.instance_key(instance_id, "spec")
         kv = await self.store.get(key)
         if kv is None:
             return
         spec = model.decode(kv.value, model.InstanceSpec)
+        record = self.services.get(spec.service)
+        if update and record is not None:
+            # A pet takes the current template in place: same id, port and DATA_DIR.
+            spec.release, spec.digest, spec.since = record.release, record.digest, clock.wall()
         if restart:
             spec.incarnation += 1
         elif spec.desired == "stopped":
             return
         else:
             spec.desired = "stopped"
+            spec.drain = record.drain if drain and record is not None else 0.0
         ops: list[Op] = [Put(key, model.encode(spec))]
-        if reason and not restart:
+        if reason and (update or not restart):
             event = events.make(instance_id, "instance", reason, service=spec.service)
             ops.append(Put(events.event_key(event.at), model.encode(event)))
         txn = await self.store.txn([Compare(key, "mod_revision", "==", kv.mod_revision)], ops)
         if txn.succeeded:
             self._local_write(key, model.encode(spec), txn.revision)
+
+    async def _rollout_progress(self, action: planner.RolloutProgress) -> None:
+        """Record a rollout's step; finish it, promote its canary, or fail it — and on failure
+        roll back automatically when the service asks for it."""
+        name = action.service
+        revision, rollout = await releases.read_rollout(self.store, name)
+        record = self.services.get(name)
+        if rollout is None or record is None or rollout.to_digest != record.digest:
+            return
+        now = clock.wall()
+        label = f"v{rollout.from_release} → v{rollout.to_release}"
+        ops: list[Op] = []
+        note = ""
+        if (
+            action.outcome == "failed"
+            and record.update.auto_rollback
+            and (rollout.stable_digest and rollout.stable_digest != record.digest)
+        ):
+            ops += await releases.set_outcome(
+                self.store,
+                name,
+                rollout.to_release,
+                f"failed: {action.reason}; rolled back to v{rollout.stable_release}",
+            )
+            if ops:
+                await self.store.txn([], ops)
+            note = (
+                f"rollout {label} failed: {action.reason}; "
+                f"rolling back to v{rollout.stable_release}"
+            )
+            await events.record(self.store, events.make(name, "service", note, service=name))
+            try:
+                await releases.rollback(
+                    self.store,
+                    name,
+                    rollout.stable_release,
+                    message=f"automatic rollback: {action.reason}",
+                    automatic=True,
+                )
+            except Exception:
+                log.exception("automatic rollback of %s failed", name)
+            return
+        if action.progress != rollout.progress:
+            rollout.last_progress_at = now
+        rollout.step, rollout.progress = action.step, action.progress
+        if action.outcome == "complete":
+            rollout.state, rollout.finished_at = "complete", now
+            ops += await releases.set_outcome(self.store, name, rollout.to_release, "complete")
+            note = f"rollout {label} complete"
+        elif action.outcome == "failed":
+            rollout.state, rollout.finished_at, rollout.reason = "failed", now, action.reason
+            ops += await releases.set_outcome(
+                self.store, name, rollout.to_release, f"failed: {action.reason}"
+            )
+            note = f"rollout {label} failed: {action.reason} (no automatic rollback)"
+        elif action.outcome == "promote":
+            rollout.promoted = True
+            note = f"rollout {label}: canary promoted (auto_promote)"
+        ops.append(Put(releases.rollout_key(name), model.encode(rollout)))
+        if note:
+            event = events.make(name, "service", note, service=name)
+            ops.append(Put(events.event_key(event.at), model.encode(event)))
+        txn = await self.store.txn(
+            [Compare(releases.rollout_key(name), "mod_revision", "==", revision)], ops
+        )
+        if txn.succeeded:
+            self._local_write(releases.rollout_key(name), model.encode(rollout), txn.revision)
 
     async def _forget(self, instance_id: str) -> None:
         ops: list[Op] = [

@@ -16,7 +16,7 @@ from typing import Any
 
 from corral.manifest.load import validate_service_data
 from corral.manifest.schema import SecretRef, Service
-from corral.model import BackoffPolicy, Dependency, ServiceRecord
+from corral.model import BackoffPolicy, Dependency, ServiceRecord, UpdatePolicy
 
 __all__ = ["secret_references", "service_record", "service_spec", "spec_from_dict"]
 
@@ -68,6 +68,19 @@ def service_record(
             failed_after=service.restart.failed_after,
         ),
         spec=service_spec(name, service, base_dir),
+        update=UpdatePolicy(
+            strategy=service.update.strategy,
+            max_surge=service.update.max_surge,
+            max_unavailable=service.update.max_unavailable,
+            min_healthy=service.update.min_healthy,
+            healthy_deadline=service.update.healthy_deadline,
+            progress_deadline=service.update.progress_deadline,
+            auto_rollback=service.update.auto_rollback,
+            canary=service.update.canary,
+            auto_promote=service.update.auto_promote,
+        ),
+        disruption=service.disruption.max_unavailable,
+        drain=service.stop.drain,
     )
 
 

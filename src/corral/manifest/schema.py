@@ -56,6 +56,7 @@ __all__ = [
     "SecretRef",
     "Service",
     "Stop",
+    "Update",
     "manifest_json_schema",
     "port_env_var",
     "render_json_schema",
@@ -498,6 +499,86 @@ class Restart(_Model):
 class Stop(_Model):
     signal: Signal = Field(default="SIGTERM", description="sent to the process group first")
     grace: Duration = Field(default=30.0, description="then SIGKILL after this long")
+    drain: Duration = Field(
+        default=1.0,
+        description="for updates and scale-in: the instance leaves routing this long before "
+        "it gets its stop signal",
+    )
+
+
+def _count_or_percent(value: object) -> object:
+    if isinstance(value, bool):
+        raise problem(f"expected a count or a percentage, got {describe(value)}", "e.g. 1 or 25%")
+    if isinstance(value, int):
+        if value < 0:
+            raise problem(f"{value} is negative", "use 0 or more")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%") and text[:-1].strip().replace(".", "", 1).isdigit():
+            percent = float(text[:-1])
+            if percent > 100:
+                raise problem(f"{text} is more than 100%", "use 0%…100%")
+            return f"{percent:g}%"
+    raise problem(f"expected a count or a percentage, got {describe(value)}", "e.g. 1 or 25%")
+
+
+CountOrPercent = Annotated[
+    int | str,
+    BeforeValidator(_count_or_percent),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%$"},
+            ],
+            "description": "a count of instances, or a percentage of desired (25%)",
+        }
+    ),
+]
+
+
+class Update(_Model):
+    """How a new release replaces the running one."""
+
+    strategy: Literal["rolling", "recreate"] = Field(
+        default="rolling",
+        description="rolling: surge new instances first; recreate: stop all, then start new",
+    )
+    max_surge: CountOrPercent = Field(
+        default="25%", description="extra instances during a rolling update (rounded up)"
+    )
+    max_unavailable: CountOrPercent = Field(
+        default=0, description="instances that may be out of run during an update (rounded down)"
+    )
+    min_healthy: Duration = Field(
+        default=10.0, description="a new instance must stay in run this long to count"
+    )
+    healthy_deadline: PositiveDuration = Field(
+        default=300.0, description="a new instance not healthy within this fails the rollout"
+    )
+    progress_deadline: PositiveDuration = Field(
+        default=600.0, description="no progress for this long fails the rollout"
+    )
+    auto_rollback: bool = Field(
+        default=True, description="on failure, return to the last release that was healthy"
+    )
+    canary: Annotated[int, Field(ge=0, le=SCALE_LIMIT)] = Field(
+        default=0,
+        description="start this many new instances beside the old ones and wait for "
+        "`corral rollout promote`",
+    )
+    auto_promote: bool = Field(
+        default=False, description="promote a canary once its instances are healthy"
+    )
+
+
+class Disruption(_Model):
+    max_unavailable: PositiveInt = Field(
+        default=1,
+        description="voluntary operations (scale-in, updates, restarts) never take more "
+        "instances than this out of run at once",
+    )
 
 
 class Resources(_Model):
@@ -605,6 +686,11 @@ class Service(_Model):
     health: Health = Field(default_factory=Health)
     restart: Restart = Field(default_factory=Restart)
     stop: Stop = Field(default_factory=Stop)
+    update: Update = Field(default_factory=Update)
+    disruption: Disruption = Field(default_factory=Disruption)
+    history: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=10, description="releases kept per service"
+    )
 
     @field_validator("ports")
     @classmethod

@@ -1,0 +1,277 @@
+"""Gateway throughput against nginx-as-a-proxy, measured side by side in the same run.
+
+Method (issue 3): an upstream nginx (``return 200``, 1 worker) and wrk are pinned to core 1;
+the proxy under test runs alone on core 0 — first the Corral gateway (``workers: 1``), then
+nginx as a reverse proxy (1 worker, keep-alive upstream pool, X-Forwarded-* and X-Request-Id
+set). wrk uses 50 keep-alive connections and sends 9 realistic headers (Host plus 8 more). Each
+proxy runs ``--runs`` times for ``--duration`` seconds; the median run is reported: req/s, p50,
+p99, and the proxy's **CPU µs per request** from /proc (utime + stime of the proxy's processes
+over the run ÷ requests) — the fair figure, since req/s is co-limited by the load-generator core.
+Then one connection with everything on core 0: the latency the proxy adds at p50.
+
+"Plain proxying": one prefix route, pooled keep-alive upstream, X-Forwarded-*, X-Request-Id and
+traceparent added, counters on. (Span export and an access log are not part of the data plane
+yet, so the second figure of the issue is not measured here.)
+
+    .venv/bin/python bench/gateway.py [--duration 10] [--runs 3] [--connections 50]
+
+Needs nginx, wrk and taskset; prints a clear message and exits 0 without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HEADERS = [
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language: en-US,en;q=0.9",
+    "Accept-Encoding: gzip, deflate, br",
+    "Referer: https://shop.example.com/catalog/shoes?page=2",
+    "Cookie: session=5f3c9a7e21b84d0f9c1a; theme=dark; ab=b",
+    "Cache-Control: no-cache",
+    "X-Client-Version: 4.12.1",
+]
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_us: float
+    p99_us: float
+    cpu_us: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def nginx_conf(work: Path, name: str, body: str) -> Path:
+    root = work / name
+    root.mkdir()
+    conf = root / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+master_process on;
+user root;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+    )
+    return conf
+
+
+def start(argv: list[str], cpus: str, stderr: int | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["taskset", "-c", cpus, *argv], stderr=stderr)
+
+
+def tree_cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` and all its descendants (clock ticks)."""
+    total = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        pids.extend(int(c) for c in children)
+    return total
+
+
+def wrk(
+    port: int, duration: float, connections: int, cpus: str
+) -> tuple[float, float, float, int, int]:
+    argv = [
+        "taskset",
+        "-c",
+        cpus,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+    ]
+    for h in HEADERS:
+        argv += ["-H", h]
+    argv.append(f"http://127.0.0.1:{port}/api/orders/42?expand=items")
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    sock_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    if sock_errors:
+        errors += sum(int(x) for x in sock_errors.groups())
+
+    def pct(label: str) -> float:
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)\b", out)
+        assert m is not None, out
+        scale = {"us": 1.0, "ms": 1000.0, "s": 1e6}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    return rps, pct("50"), pct("99"), total, errors
+
+
+def measure(pid: int, port: int, duration: float, connections: int, cpus: str) -> Run:
+    before = tree_cpu_ticks(pid)
+    rps, p50, p99, total, errors = wrk(port, duration, connections, cpus)
+    ticks = tree_cpu_ticks(pid) - before
+    cpu_us = ticks / TICKS * 1e6 / max(total, 1)
+    return Run(rps, p50, p99, cpu_us, errors)
+
+
+def median_run(runs: list[Run]) -> Run:
+    ordered = sorted(runs, key=lambda r: r.rps)
+    return ordered[len(ordered) // 2]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+    missing = [tool for tool in ("nginx", "wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        print(f"skipped: {', '.join(missing)} not installed (apt-get install nginx wrk util-linux)")
+        return 0
+    if (os.cpu_count() or 1) < 2:
+        print("skipped: needs 2 cores (proxy on core 0, upstream and wrk on core 1)")
+        return 0
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+        work = Path(tmp)
+        try:
+            up_port, gw_port, ng_port = free_port(), free_port(), free_port()
+            upstream = nginx_conf(
+                work,
+                "upstream",
+                f"server {{ listen 127.0.0.1:{up_port}; location / {{ return 200; }} }}",
+            )
+            procs.append(start(["nginx", "-c", str(upstream)], "1"))
+            wait_port(up_port)
+            proxy = nginx_conf(
+                work,
+                "proxy",
+                f"""
+  upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{ng_port};
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Request-Id $request_id;
+    }}
+  }}""",
+            )
+            nginx_proxy = start(["nginx", "-c", str(proxy)], "0")
+            procs.append(nginx_proxy)
+            config = work / "gw.yaml"
+            config.write_text(
+                f"listen: 127.0.0.1:{gw_port}\nworkers: 1\nroutes:\n"
+                f"  - name: api\n    match: {{path_prefix: /}}\n"
+                f"    upstreams: [127.0.0.1:{up_port}]\n"
+            )
+            gateway = start(
+                [sys.executable, "-m", "corral.gateway.serve", "--config", str(config)],
+                "0",
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(gateway)
+            wait_port(ng_port)
+            wait_port(gw_port)
+            time.sleep(0.5)
+            results: dict[str, list[Run]] = {"corral": [], "nginx": []}
+            targets = {"corral": (gateway.pid, gw_port), "nginx": (nginx_proxy.pid, ng_port)}
+            for pid, port in targets.values():  # warm up: pools, caches
+                measure(pid, port, 2, args.connections, "1")
+            for _ in range(args.runs):
+                for name, (pid, port) in targets.items():
+                    results[name].append(measure(pid, port, args.duration, args.connections, "1"))
+            single: dict[str, float] = {}
+            for name, (pid, port) in targets.items():  # 1 connection, all on core 0
+                single[name] = measure(pid, port, min(args.duration, 5), 1, "0").p50_us
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    c, n = median_run(results["corral"]), median_run(results["nginx"])
+    print(
+        f"gateway bench: {args.runs} x {args.duration:g}s, {args.connections} connections, "
+        f"9 headers; proxy on core 0, upstream nginx + wrk on core 1 (median run)"
+    )
+    print(f"{'':8} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'CPU µs/req':>11} {'errors':>7}")
+    for name, r in (("corral", c), ("nginx", n)):
+        print(
+            f"{name:8} {r.rps:9.0f} {r.p50_us:8.0f} {r.p99_us:8.0f} {r.cpu_us:11.1f} {r.errors:7d}"
+        )
+    print(
+        f"ratio    {c.rps / n.rps:9.2f}x {c.p50_us / n.p50_us:7.2f}x {c.p99_us / n.p99_us:7.2f}x "
+        f"{c.cpu_us / n.cpu_us:10.2f}x   (targets: req/s >= 0.85x, p99 <= 1.5x, CPU <= 1.2x)"
+    )
+    added = single["corral"] - single["nginx"]
+    print(
+        f"1 connection, all on core 0: p50 corral {single['corral']:.0f} µs, nginx "
+        f"{single['nginx']:.0f} µs, added {added:+.0f} µs (target <= +10 µs)"
+    )
+    print("runs:", {k: [f"{r.rps:.0f}/{r.cpu_us:.1f}" for r in v] for k, v in results.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Gateway counters: plain integers bumped on the hot path, rendered as Prometheus text.
+
+Per route: responses by status class, request latency and upstream latency histograms,
+retries. Per upstream endpoint: tries, connect failures, ejections. Plus active client
+connections. A worker's counters are a ``snapshot()`` (JSON-able); ``render(snapshots)`` sums
+the snapshots of every worker into one exposition, which is how ``corral gateway serve``
+answers ``GET /metrics`` on its admin listener (see ``corral.gateway.serve``).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any
+
+__all__ = ["BUCKETS", "Metrics", "RouteStats", "UpstreamStats", "render"]
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class RouteStats:
+    __slots__ = ("latency", "latency_sum", "retries", "status", "upstream", "upstream_sum")
+
+    def __init__(self) -> None:
+        self.status = [0] * 6  # index = status // 100; 0 = no response sent
+        self.latency = [0] * (len(BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.upstream = [0] * (len(BUCKETS) + 1)
+        self.upstream_sum = 0.0
+        self.retries = 0
+
+    def observe(self, status: int, latency: float, upstream_latency: float | None) -> None:
+        self.status[status // 100 if 0 <= status < 600 else 0] += 1
+        self.latency[bisect_left(BUCKETS, latency)] += 1
+        self.latency_sum += latency
+        if upstream_latency is not None:
+            self.upstream[bisect_left(BUCKETS, upstream_latency)] += 1
+            self.upstream_sum += upstream_latency
+
+
+class UpstreamStats:
+    __slots__ = ("connect_failures", "ejections", "tries")
+
+    def __init__(self) -> None:
+        self.tries = 0
+        self.connect_failures = 0
+        self.ejections = 0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.routes: dict[str, RouteStats] = {}
+        self.upstreams: dict[str, UpstreamStats] = {}
+        self.active_connections = 0
+        self.refused_connections = 0
+
+    def route(self, name: str) -> RouteStats:
+        stats = self.routes.get(name)
+        if stats is None:
+            stats = self.routes[name] = RouteStats()
+        return stats
+
+    def upstream(self, address: str) -> UpstreamStats:
+        stats = self.upstreams.get(address)
+        if stats is None:
+            stats = self.upstreams[address] = UpstreamStats()
+        return stats
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "routes": {
+                name: {
+                    "status": s.status,
+                    "latency": s.latency,
+                    "latency_sum": s.latency_sum,
+                    "upstream": s.upstream,
+                    "upstream_sum": s.upstream_sum,
+                    "retries": s.retries,
+                }
+                for name, s in sorted(self.routes.items())
+            },
+            "upstreams": {
+                a: {
+                    "tries": s.tries,
+                    "connect_failures": s.connect_failures,
+                    "ejections": s.ejections,
+                }
+                for a, s in sorted(self.upstreams.items())
+            },
+            "active_connections": self.active_connections,
+            "refused_connections": self.refused_connections,
+        }
+
+    def render(self) -> str:
+        return render([self.snapshot()])
+
+
+def _add(into: list[Any], values: list[Any]) -> None:
+    for i, v in enumerate(values):
+        into[i] += v
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(snapshots: list[dict[str, Any]]) -> str:
+    """Prometheus text exposition (0.0.4) of the sum of ``snapshots``."""
+    routes: dict[str, dict[str, Any]] = {}
+    upstreams: dict[str, dict[str, int]] = {}
+    active = refused = 0
+    for snap in snapshots:
+        active += int(snap.get("active_connections", 0))
+        refused += int(snap.get("refused_connections", 0))
+        for name, r in snap.get("routes", {}).items():
+            into = routes.setdefault(
+                name,
+                {
+                    "status": [0] * 6,
+                    "latency": [0] * (len(BUCKETS) + 1),
+                    "latency_sum": 0.0,
+                    "upstream": [0] * (len(BUCKETS) + 1),
+                    "upstream_sum": 0.0,
+                    "retries": 0,
+                },
+            )
+            _add(into["status"], r["status"])
+            _add(into["latency"], r["latency"])
+            _add(into["upstream"], r["upstream"])
+            into["latency_sum"] += r["latency_sum"]
+            into["upstream_sum"] += r["upstream_sum"]
+            into["retries"] += r["retries"]
+        for address, u in snap.get("upstreams", {}).items():
+            into_u = upstreams.setdefault(
+                address, {"tries": 0, "connect_failures": 0, "ejections": 0}
+            )
+            for key in into_u:
+                into_u[key] += int(u.get(key, 0))
+    lines = [
+        "# HELP corral_gateway_requests_total Requests answered, by route and status class.",
+        "# TYPE corral_gateway_requests_total counter",
+    ]
+    for name, r in sorted(routes.items()):
+        for i, count in enumerate(r["status"]):
+            if count:
+                lines.append(
+                    f'corral_gateway_requests_total{{route="{_esc(name)}",code="{_CLASSES[i]}"}}'
+                    f" {count}"
+                )
+    for metric, key, text in (
+        ("corral_gateway_request_duration_seconds", "latency", "Time from request to response"),
+        ("corral_gateway_upstream_duration_seconds", "upstream", "Time of the upstream try"),
+    ):
+        lines.append(f"# HELP {metric} {text}.")
+        lines.append(f"# TYPE {metric} histogram")
+        for name, r in sorted(routes.items()):
+            label = f'route="{_esc(name)}"'
+            running = 0
+            for bound, count in zip((*BUCKETS, float("inf")), r[key], strict=True):
+                running += count
+                le = "+Inf" if bound == float("inf") else repr(bound)
+                lines.append(f'{metric}_bucket{{{label},le="{le}"}} {running}')
+            lines.append(f"{metric}_sum{{{label}}} {r[key + '_sum']}")
+            lines.append(f"{metric}_count{{{label}}} {running}")
+    lines.append("# HELP corral_gateway_retries_total Upstream tries that were retries.")
+    lines.append("# TYPE corral_gateway_retries_total counter")
+    for name, r in sorted(routes.items()):
+        lines.append(f'corral_gateway_retries_total{{route="{_esc(name)}"}} {r["retries"]}')
+    for key, text in (
+        ("tries", "Upstream tries started"),
+        ("connect_failures", "Upstream connect failures, resets and timeouts"),
+        ("ejections", "Passive outlier ejections"),
+    ):
+        metric = f"corral_gateway_upstream_{key}_total"
+        lines.append(f"# HELP {metric} {text}.")
+        lines.append(f"# TYPE {metric} counter")
+        for address, u in sorted(upstreams.items()):
+            lines.append(f'{metric}{{upstream="{_esc(address)}"}} {u[key]}')
+    lines.append("# HELP corral_gateway_active_connections Open client connections.")
+    lines.append("# TYPE corral_gateway_active_connections gauge")
+    lines.append(f"corral_gateway_active_connections {active}")
+    lines.append("# HELP corral_gateway_refused_connections_total Connections over the cap.")
+    lines.append("# TYPE corral_gateway_refused_connections_total counter")
+    lines.append(f"corral_gateway_refused_connections_total {refused}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1260 @@
+"""The gateway data plane: asyncio ``Protocol`` + httptools, no web framework on the request path.
+
+How a request flows (one worker, one event loop, preferably uvloop):
+
+- ``ClientConnection`` collects bytes until the end of the head (``\\r\\n\\r\\n``), has a fresh
+  httptools parser validate exactly that head (``on_url``/``on_headers_complete`` are the only
+  callbacks: with no ``on_header`` llhttp makes no per-header Python call), and reads the few
+  headers it needs with ``bytes.find`` on a lower-cased copy. The head is forwarded as the
+  client sent it, with only the hop-by-hop lines cut and our lines appended
+  (``X-Forwarded-*``, ``X-Request-Id``, ``traceparent``): per-header Python work is the main cost
+  of a Python proxy, so unchanged header bytes pass through.
+- Bodies are framed by ``BodyFramer`` (Content-Length or chunked) and forwarded as raw bytes as
+  they arrive — chunked framing included — so streams and server-sent events are never
+  buffered. The same framing finds the end of each pipelined request; requests are answered in
+  order, one at a time per connection, and later ones wait in the buffer (reading pauses when
+  that backlog grows).
+- A ``Pool`` per cluster holds ``Endpoint`` records (``lb``), the passive ``OutlierDetector``,
+  the routable set (health, ejection, panic) and idle upstream connections (LIFO: the most
+  recently used connection is warm and least likely to have been closed by the upstream).
+- ``UpstreamConnection`` parses each response head the same way and forwards head and body
+  bytes to the client unchanged unless a hop-by-hop header must go; 502/503/504 and connect
+  failures before any response byte reached the client are retried on another endpoint when
+  ``retry.may_retry`` and the route's budget allow.
+- Back-pressure both ways: a transport whose write buffer is full pauses reading on the other
+  side (``pause_writing`` → ``pause_reading``) until it drains.
+- Time: deadlines (request headers, keep-alive idle, connect, per-try, total) are compared
+  against a cached clock by one periodic sweep (``SWEEP_SECONDS``), not a timer per request.
+- WebSocket (any ``Upgrade``): the head is forwarded with its ``Upgrade``/``Connection`` lines;
+  on ``101`` both connections become a byte tunnel.
+
+Robustness: a malformed head → 400; a head over ``max_header_bytes`` → 431; a body over
+``max_body_bytes`` → 413; headers not complete within ``header_timeout`` → 408; no routable
+endpoint → 503 with a short reason; an upstream that dies after the response began → the client
+connection is closed (it sees a truncated body), before → 502 (or a retry). An exception in a
+callback answers 500 or closes that connection; it never reaches the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from random import Random
+from typing import Any, cast
+
+import httptools
+
+from corral.gateway.config import Limits
+from corral.gateway.framing import BodyFramer, FramingError
+from corral.gateway.lb import Endpoint, Picker, make_picker
+from corral.gateway.metrics import Metrics
+from corral.gateway.outlier import Outcome, OutlierDetector, routable
+from corral.gateway.retry import IDEMPOTENT, RETRYABLE_STATUS, RetryBudget
+from corral.gateway.router import Cluster, CompiledRoute, RouteTable
+
+__all__ = ["SWEEP_SECONDS", "ClientConnection", "Gateway", "Pool", "UpstreamConnection"]
+
+log = logging.getLogger("corral.gateway")
+
+SWEEP_SECONDS = 0.25
+MAX_IDLE_PER_ENDPOINT = 256
+MAX_RESPONSE_HEAD = 64 * 1024
+
+_HEAD, _BODY, _WAIT, _TUNNEL, _CLOSED = 0, 1, 2, 3, 4
+# Deadline kinds of a client connection.
+_D_NONE, _D_IDLE, _D_HEADERS, _D_UPSTREAM = 0, 1, 2, 3
+_READ_BACKLOG, _READ_UPSTREAM = 1, 2  # why a client's reading is paused (bit flags)
+
+_REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+# One regex pass finds every request header the proxy reads or replaces: per-header Python
+# work is the main cost here, and one C-level scan beats a bytes.find per name (measured).
+_REQUEST_SCAN = re.compile(
+    rb"\r\n(host|content-length|transfer-encoding|connection|keep-alive|proxy-connection|te"
+    rb"|trailer|upgrade|x-forwarded-for|x-forwarded-proto|x-forwarded-host|traceparent"
+    rb"|x-request-id|b3|x-b3-traceid)[ \t]*:[ \t]*([^\r\n]*)"
+)
+_RESPONSE_SCAN = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive)[ \t]*:[ \t]*([^\r\n]*)"
+)
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\r\n]*)?\r\n")
+_HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"traceparent",
+    )
+)
+_HOP_BY_HOP_UPGRADE = _HOP_BY_HOP - {b"connection", b"upgrade"}
+_RESPONSE_HOP = frozenset((b"connection", b"keep-alive"))
+_SINGLE = frozenset((b"host", b"content-length", b"transfer-encoding"))
+
+
+class _BadHead(Exception):
+    pass
+
+
+def _scan(
+    pattern: re.Pattern[bytes], head: bytes, cut: frozenset[bytes]
+) -> tuple[dict[bytes, bytes], list[tuple[int, int]]]:
+    """Values of the headers ``pattern`` names (lower-case keys), and spans of lines to cut.
+
+    The (case-sensitive, hence faster) scan runs on a lower-cased copy; values are sliced from
+    the original at the same offsets."""
+    values: dict[bytes, bytes] = {}
+    spans: list[tuple[int, int]] = []
+    for m in pattern.finditer(head.lower()):
+        name = m.group(1)
+        value = head[m.start(2) : m.end(2)].rstrip()
+        if name in values:
+            if name in _SINGLE:
+                raise _BadHead(name.decode())
+            value = values[name] + b", " + value
+        values[name] = value
+        if name in cut:
+            spans.append((m.start(), m.end()))
+    return values, spans
+
+
+def _without(head: bytes, spans: list[tuple[int, int]]) -> bytes:
+    if not spans:
+        return head
+    parts = []
+    pos = 0
+    for start, end in sorted(spans):
+        if start >= pos:
+            parts.append(head[pos:start])
+            pos = end
+    parts.append(head[pos:])
+    return b"".join(parts)
+
+
+def _value(head: bytes, lower: bytes, name: bytes) -> bytes | None:
+    """The value of header ``name`` (given as ``b"\\r\\nname:"``), or None."""
+    i = lower.find(name)
+    if i < 0:
+        return None
+    start = i + len(name)
+    return head[start : head.find(b"\r\n", start)].strip()
+
+
+def _spans(head: bytes, lower: bytes, names: Iterable[bytes]) -> list[tuple[int, int]]:
+    """Spans of every line whose name (``b"\\r\\nname:"``) is in ``names``."""
+    spans: list[tuple[int, int]] = []
+    for name in names:
+        i = lower.find(name)
+        while i >= 0:
+            end = lower.find(b"\r\n", i + 2)
+            spans.append((i, end))
+            i = lower.find(name, end)
+    return spans
+
+
+def _simple_response(status: int, message: str, *, close: bool, request_id: bytes = b"") -> bytes:
+    body = message.encode() + b"\n"
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+    ]
+    if request_id:
+        lines.append(b"X-Request-Id: " + request_id + b"\r\n")
+    if close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)
+
+
+class Pool:
+    """The endpoints of one cluster, their health and their idle connections."""
+
+    def __init__(self, cluster: Cluster, now: float) -> None:
+        self.cluster = cluster
+        self.endpoints: list[Endpoint] = []
+        self.by_address: dict[str, Endpoint] = {}
+        self.picker: Picker = make_picker(cluster.lb.policy, cluster.lb.bounded_load)
+        self.outlier = OutlierDetector(cluster.outlier)
+        self.unhealthy: frozenset[str] = frozenset()
+        self.routable: Sequence[Endpoint] = ()
+        self.panic = False
+        self.next_refresh = math.inf
+        self.idle: dict[str, list[UpstreamConnection]] = {}
+        self.hash_on = cluster.lb.hash_on
+        self.refresh(now)
+
+    def reconfigure(self, cluster: Cluster, now: float) -> None:
+        if cluster.lb != self.cluster.lb:
+            self.picker = make_picker(cluster.lb.policy, cluster.lb.bounded_load)
+            self.hash_on = cluster.lb.hash_on
+        if cluster.outlier != self.cluster.outlier:
+            self.outlier.config = cluster.outlier
+        self.cluster = cluster
+        self.refresh(now)
+
+    def set_endpoints(self, upstreams: Iterable[tuple[str, int]], now: float) -> None:
+        endpoints: list[Endpoint] = []
+        for address, weight in upstreams:
+            e = self.by_address.get(address)
+            if e is None:
+                e = Endpoint(address, weight)
+            e.weight = weight
+            endpoints.append(e)
+        keep = {e.address for e in endpoints}
+        for address in sorted(self.idle):
+            if address not in keep:
+                for conn in self.idle.pop(address):
+                    conn.close()
+        self.endpoints = endpoints
+        self.by_address = {e.address: e for e in endpoints}
+        self.outlier.set_pool([e.address for e in endpoints])
+        self.refresh(now)
+
+    def set_unhealthy(self, addresses: frozenset[str], now: float) -> None:
+        if addresses != self.unhealthy:
+            self.unhealthy = addresses
+            self.refresh(now)
+
+    def refresh(self, now: float) -> None:
+        excluded = [
+            e
+            for e in self.endpoints
+            if e.address in self.unhealthy or self.outlier.is_ejected(e.address, now)
+        ]
+        threshold = self.cluster.outlier.panic_threshold
+        chosen, self.panic = routable(self.endpoints, excluded, threshold)
+        self.routable = tuple(chosen)
+        self.next_refresh = self.outlier.next_change(now) or math.inf
+
+    def pick(self, rng: Random, key: bytes | None, tried: Sequence[str]) -> Endpoint | None:
+        candidates = self.routable
+        if not candidates:
+            return None
+        if tried:
+            fresh = [e for e in candidates if e.address not in tried]
+            if fresh:
+                return self.picker.pick(fresh, rng, None)
+        return self.picker.pick(candidates, rng, key)
+
+    def take_idle(self, endpoint: Endpoint) -> UpstreamConnection | None:
+        conns = self.idle.get(endpoint.address)
+        while conns:
+            conn = conns.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def put_idle(self, conn: UpstreamConnection, now: float) -> None:
+        if conn.endpoint.address not in self.by_address:
+            conn.close()
+            return
+        conns = self.idle.setdefault(conn.endpoint.address, [])
+        if len(conns) >= MAX_IDLE_PER_ENDPOINT:
+            conn.close()
+            return
+        conn.idle_since = now
+        conns.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        conns = self.idle.get(conn.endpoint.address)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def expire_idle(self, now: float, idle_timeout: float) -> None:
+        for conns in self.idle.values():
+            while conns and now - conns[0].idle_since > idle_timeout:
+                conns.pop(0).close()
+
+    def close(self) -> None:
+        for conns in self.idle.values():
+            for conn in conns:
+                conn.close()
+        self.idle.clear()
+
+
+class Gateway:
+    """One worker's data plane: the route table, the pools and the client connections."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        limits: Limits | None = None,
+        *,
+        rng: Random,
+        scheme: str = "http",
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.limits = limits or Limits()
+        self.rng = rng
+        self.scheme = scheme.encode()
+        self.metrics = metrics or Metrics()
+        self.now = self.loop.time()
+        self.table = table
+        self.pools: dict[str, Pool] = {}
+        self.budgets: dict[str, RetryBudget] = {}
+        self.connections: set[ClientConnection] = set()
+        self.service_endpoints: dict[str, tuple[tuple[str, int], ...]] = {}
+        self.unhealthy: dict[str, frozenset[str]] = {}
+        self.on_sweep: list[Callable[[float], None]] = []
+        self.on_ejection: Callable[[str, str, str], None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self.apply(table)
+
+    # --- configuration (off the hot path) -------------------------------------------------
+
+    def apply(self, table: RouteTable) -> None:
+        """Swap in a compiled route table; pools of unchanged clusters keep their state."""
+        now = self.now
+        pools: dict[str, Pool] = {}
+        for key, cluster in table.clusters.items():
+            pool = self.pools.get(key)
+            if pool is None:
+                pool = Pool(cluster, now)
+            else:
+                pool.reconfigure(cluster, now)
+            service = cluster.service
+            if service is not None:
+                pool.set_endpoints(self.service_endpoints.get(service, ()), now)
+            else:
+                pool.set_endpoints(cluster.upstreams, now)
+            pool.set_unhealthy(self.unhealthy.get(key, frozenset()), now)
+            pools[key] = pool
+        for key, pool in self.pools.items():
+            if key not in pools:
+                pool.close()
+        budgets = {}
+        for route in table.routes:
+            old = self.budgets.get(route.name)
+            percent = route.retries.budget_percent
+            budgets[route.name] = (
+                old if old is not None and old.percent == percent else RetryBudget(percent)
+            )
+        self.pools, self.budgets, self.table = pools, budgets, table
+
+    def set_endpoints(self, service: str, upstreams: Iterable[tuple[str, int]]) -> None:
+        """Platform mode: the addresses (and weights) of ``service``'s routable instances."""
+        endpoints = tuple(upstreams)
+        self.service_endpoints[service] = endpoints
+        pool = self.pools.get(f"service:{service}")
+        if pool is not None:
+            pool.set_endpoints(endpoints, self.now)
+
+    def set_unhealthy(self, unhealthy: Mapping[str, Iterable[str]]) -> None:
+        """Active-check results: cluster key → addresses failing their checks."""
+        self.unhealthy = {k: frozenset(v) for k, v in unhealthy.items()}
+        for key, pool in self.pools.items():
+            pool.set_unhealthy(self.unhealthy.get(key, frozenset()), self.now)
+
+    # --- serving --------------------------------------------------------------------------
+
+    def protocol(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    async def listen(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl: Any = None,
+        reuse_port: bool = False,
+        sock: Any = None,
+    ) -> asyncio.AbstractServer:
+        if sock is not None:
+            server = await self.loop.create_server(self.protocol, sock=sock, ssl=ssl, backlog=1024)
+        else:
+            server = await self.loop.create_server(
+                self.protocol, host, port, ssl=ssl, reuse_port=reuse_port, backlog=1024
+            )
+        self._servers.append(server)
+        self.start()
+        return server
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                self.sweep(self.loop.time())
+            except Exception:
+                log.exception("gateway sweep failed")
+
+    def sweep(self, now: float) -> None:
+        self.now = now
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.on_deadline(now)
+        idle = self.limits.idle_timeout
+        for pool in self.pools.values():
+            pool.expire_idle(now, idle)
+            if pool.next_refresh <= now:
+                pool.refresh(now)
+        self.metrics.active_connections = len(self.connections)
+        for hook in self.on_sweep:
+            hook(now)
+
+    async def close(self, drain: float | None = None) -> None:
+        """Stop accepting, let requests in flight finish (up to ``drain`` s), close the rest."""
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn.state == _HEAD and not conn.buf:
+                conn.close()
+        limit = self.loop.time() + (self.limits.drain if drain is None else drain)
+        while self.connections and self.loop.time() < limit:
+            await asyncio.sleep(0.05)
+            for conn in list(self.connections):
+                if conn.state == _HEAD and not conn.buf:
+                    conn.close()
+        for conn in list(self.connections):
+            conn.abort()
+        for pool in self.pools.values():
+            pool.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client (downstream) connection."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.state = _HEAD
+        self.deadline = math.inf
+        self.deadline_kind = _D_NONE
+        self.read_paused = 0
+        self.write_paused = False
+        self.peer = b""
+        self.upstream: UpstreamConnection | None = None
+        self.counted = False
+        # The request in flight.
+        self._url = b""
+        self._keep_alive = True
+        self._http10 = False
+        self._upgrade = False
+        self.method = "GET"
+        self.framer: BodyFramer | None = None
+        self.route: CompiledRoute | None = None
+        self.pool: Pool | None = None
+        self.endpoint: Endpoint | None = None
+        self.out_head = b""
+        self.pending: list[bytes] = []
+        self.kept: list[bytes] | None = None
+        self.kept_size = 0
+        self.tried: list[str] = []
+        self.hash_key: bytes | None = None
+        self.request_id = b""
+        self.started = 0.0
+        self.try_started = 0.0
+        self.total_deadline = math.inf
+        self.responded = False  # response head sent to the client
+        self.request_done = False
+        self.status = 0
+        self.pending_head = b""
+        self._head = b""
+        self._lower = b""
+        self._parser: Any = None
+        self._processing = False
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        gw = self.gw
+        if len(gw.connections) >= gw.limits.max_connections:
+            gw.metrics.refused_connections += 1
+            transport.write(_simple_response(503, "too many connections", close=True))
+            transport.close()
+            self.state = _CLOSED
+            return
+        gw.connections.add(self)
+        self.counted = True
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = str(peer[0]).encode()
+        self._set_deadline(_D_HEADERS, gw.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSED
+        if self.counted:
+            self.gw.connections.discard(self)
+            self.counted = False
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            if self.endpoint is not None:
+                self.endpoint.active -= 1
+                self.endpoint = None
+            up.client = None
+            up.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == _TUNNEL:
+            up = self.upstream
+            if up is not None and up.transport is not None:
+                up.transport.write(data)
+            return
+        if self.state == _CLOSED:
+            return
+        buf = self.buf
+        if not buf and self.state == _HEAD and data.endswith(b"\r\n\r\n"):
+            end = data.find(b"\r\n\r\n")
+            if end == len(data) - 4 and end + 4 <= self.gw.limits.max_header_bytes:
+                # The common case, one whole head with no body: no copy into the buffer.
+                self._processing = True
+                try:
+                    self._start(data)
+                    if self.state != _HEAD:
+                        self._process()
+                except Exception:
+                    log.exception("gateway: request handling failed")
+                    self._fail(500, "internal error")
+                finally:
+                    self._processing = False
+                return
+        buf += data
+        self._run()
+
+    def _run(self) -> None:
+        if self._processing:  # re-entered from a response finishing inside _process
+            return
+        self._processing = True
+        try:
+            self._process()
+        except Exception:
+            log.exception("gateway: request handling failed")
+            self._fail(500, "internal error")
+        finally:
+            self._processing = False
+
+    def eof_received(self) -> bool | None:
+        up = self.upstream
+        if self.state == _TUNNEL and up is not None and up.transport is not None:
+            if up.transport.can_write_eof():  # the client finished sending: so do we
+                up.transport.write_eof()
+            return True
+        if self.state == _HEAD and not self.buf:
+            return None
+        # A half-closed client still gets its response (HTTP/1.0-style clients do this).
+        self._keep_alive = False
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        up = self.upstream
+        if up is not None and up.transport is not None and not up.read_paused:
+            up.read_paused = True
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        up = self.upstream
+        if up is not None and up.transport is not None and up.read_paused:
+            up.read_paused = False
+            up.transport.resume_reading()
+
+    # --- httptools callbacks (the head only) ----------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._url = url
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self._keep_alive = parser.should_keep_alive()
+
+    # --- request path ---------------------------------------------------------------------
+
+    def _process(self) -> None:
+        buf = self.buf
+        while True:
+            state = self.state
+            if state == _HEAD:
+                if not buf:
+                    return
+                if buf[:2] == b"\r\n":  # empty lines before a request line are allowed
+                    del buf[:2]
+                    continue
+                end = buf.find(b"\r\n\r\n")
+                limit = self.gw.limits.max_header_bytes
+                if end < 0:
+                    if len(buf) > limit:
+                        self._fail(431, "request head too large")
+                    elif self.deadline_kind != _D_HEADERS:
+                        self._set_deadline(_D_HEADERS, self.gw.limits.header_timeout)
+                    return
+                if end + 4 > limit:
+                    self._fail(431, "request head too large")
+                    return
+                head = bytes(buf[: end + 4])
+                del buf[: end + 4]
+                self._start(head)
+            elif state == _BODY:
+                if not buf:
+                    return
+                framer = self.framer
+                assert framer is not None
+                try:
+                    n, done = framer.feed(buf)
+                except FramingError as error:
+                    self._fail(400, f"malformed body: {error}")
+                    return
+                if framer.body_bytes > self.gw.limits.max_body_bytes:
+                    self._fail(413, "request body too large")
+                    return
+                if n:
+                    chunk = bytes(buf[:n])
+                    del buf[:n]
+                    self._send(chunk)
+                if not done:
+                    return
+                self.state = _WAIT
+                self.request_done = True
+            else:
+                if state == _WAIT and len(buf) > self.gw.limits.max_header_bytes:
+                    self._pause_reading(_READ_BACKLOG)
+                return
+
+    def _lower_head(self) -> bytes:
+        if not self._lower:
+            self._lower = self._head.lower()
+        return self._lower
+
+    def _header(self, name: str) -> str | None:
+        value = _value(self._head, self._lower_head(), b"\r\n" + name.encode("latin-1") + b":")
+        return None if value is None else value.decode("latin-1")
+
+    def _start(self, head: bytes) -> None:
+        gw = self.gw
+        self._parser = parser = httptools.HttpRequestParser(self)
+        self._upgrade = False
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            self._upgrade = True
+        except httptools.HttpParserError:
+            self._fail(400, "malformed request")
+            return
+        method = parser.get_method().decode("latin-1")
+        self.method = method
+        self._head = head
+        self._lower = b""
+        self.started = gw.loop.time()
+        self.responded = False
+        self.request_done = False
+        self.tried = []
+        self.route = None
+        try:
+            values, spans = _scan(
+                _REQUEST_SCAN, head, _HOP_BY_HOP_UPGRADE if self._upgrade else _HOP_BY_HOP
+            )
+        except _BadHead as error:
+            self._fail(400, f"more than one {error} header")
+            return
+        te = values.get(b"transfer-encoding")
+        cl = values.get(b"content-length")
+        if te is not None:
+            if cl is not None or not te.lower().endswith(b"chunked"):
+                self._fail(400, "ambiguous or unsupported transfer-encoding")
+                return
+            self.framer = BodyFramer(chunked=True)
+        elif cl is not None:
+            length = int(cl)
+            if length > gw.limits.max_body_bytes:
+                self._fail(413, "request body too large")
+                return
+            self.framer = BodyFramer(length)
+        else:
+            self.framer = BodyFramer(0)
+        if method == "CONNECT":
+            self._fail(405, "CONNECT is not supported")
+            return
+        url = self._url
+        if url[:1] != b"/":  # absolute-form (a client that thinks we are a forward proxy)
+            scheme_end = url.find(b"://")
+            slash = url.find(b"/", scheme_end + 3) if scheme_end >= 0 else -1
+            url = url[slash:] if slash >= 0 else b"/"
+        q = url.find(b"?")
+        path = (url if q < 0 else url[:q]).decode("latin-1")
+        query = "" if q < 0 else url[q + 1 :].decode("latin-1")
+        host_b = values.get(b"host", b"")
+        host = host_b.decode("latin-1")
+        found = gw.table.match(method, host, path, query, self._header)
+        if found is None:
+            self._fail(404, f"no route for {method} {host}{path}", close=not self.framer.done)
+            return
+        route = self.route = found.route
+        # The head sent upstream: the client's lines minus hop-by-hop ones, plus ours.
+        if route.remove_headers or route.add_headers:
+            names = {b"\r\n" + n.encode() + b":" for n in route.remove_headers}
+            names.update(b"\r\n" + k.lower().encode() + b":" for k, _ in route.add_headers)
+            spans.extend(_spans(head, head.lower(), sorted(names)))
+        out = _without(head, spans)
+        new_path = route.upstream_path(path, found.params)
+        if new_path != path or url is not self._url:
+            line_end = out.find(b"\r\n")
+            target = new_path.encode("latin-1") + (b"?" + url[q + 1 :] if q >= 0 else b"")
+            version = out[line_end - 8 : line_end]
+            out = method.encode() + b" " + target + b" " + version + out[line_end:]
+        request_id = values.get(b"x-request-id")
+        trace_id, sampled = self._trace(values)
+        span_id = b"%016x" % gw.rng.getrandbits(64)
+        xff = values.get(b"x-forwarded-for")
+        extra = [
+            b"X-Forwarded-For: ",
+            (xff + b", " + self.peer) if xff else self.peer,
+            b"\r\nX-Forwarded-Proto: ",
+            gw.scheme,
+            b"\r\nX-Forwarded-Host: ",
+            host_b,
+            b"\r\ntraceparent: 00-",
+            trace_id,
+            b"-",
+            span_id,
+            sampled,
+            b"\r\n",
+        ]
+        if request_id is None:
+            request_id = trace_id
+            extra.append(b"X-Request-Id: " + request_id + b"\r\n")
+        self.request_id = request_id
+        for name, value in route.add_headers:
+            extra.append(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n")
+        if self._upgrade:
+            self._keep_alive = False  # after a refused upgrade the connection is not reused
+        self.out_head = out[:-2] + b"".join(extra) + b"\r\n"
+        if self.framer.done:
+            self.state = _WAIT
+            self.request_done = True
+        else:
+            self.state = _BODY
+        retries = route.retries
+        can_retry = retries.attempts > 0 and (retries.retryable or method in IDEMPOTENT)
+        self.kept = [] if can_retry else None
+        self.kept_size = 0
+        self.hash_key = self._hash_key(found.route) if gw.pools else None
+        self.total_deadline = gw.now + route.timeouts.total
+        gw.budgets[route.name].on_request()
+        self._begin_try()
+
+    def _trace(self, values: dict[bytes, bytes]) -> tuple[bytes, bytes]:
+        """The trace id to continue (W3C traceparent, else B3) or a new one; and the flags."""
+        parent = values.get(b"traceparent")
+        if parent is not None and len(parent) == 55 and parent[2:3] == b"-":
+            trace_id = parent[3:35].lower()
+            if trace_id.strip(b"0123456789abcdef") == b"" and trace_id != b"0" * 32:
+                return trace_id, b"-" + parent[53:55]
+        b3 = values.get(b"x-b3-traceid")
+        if b3 is None:
+            single = values.get(b"b3")
+            if single is not None:
+                b3 = single.split(b"-", 1)[0]
+        if b3 is not None and len(b3) in (16, 32) and b3.lower().strip(b"0123456789abcdef") == b"":
+            return b3.lower().rjust(32, b"0"), b"-01"
+        return b"%032x" % self.gw.rng.getrandbits(128), b"-01"
+
+    def _hash_key(self, route: CompiledRoute) -> bytes | None:
+        pool = self.gw.pools.get(route.cluster)
+        if pool is None or pool.hash_on is None:
+            return None
+        on = pool.hash_on
+        if on == "client_ip":
+            return self.peer
+        if on == "path":
+            return self._url.split(b"?", 1)[0]
+        kind, _, name = on.partition(":")
+        if kind == "header":
+            return _value(self._head, self._lower_head(), b"\r\n" + name.lower().encode() + b":")
+        cookies = _value(self._head, self._lower_head(), b"\r\ncookie:")
+        if cookies is None:
+            return None
+        for part in cookies.split(b";"):
+            key, _, value = part.strip().partition(b"=")
+            if key == name.encode():
+                return value
+        return None
+
+    def _begin_try(self) -> None:
+        gw = self.gw
+        route = self.route
+        assert route is not None
+        pool = gw.pools.get(route.cluster)
+        endpoint = pool.pick(gw.rng, self.hash_key, self.tried) if pool is not None else None
+        if pool is None or endpoint is None:
+            reason = "no endpoints" if pool is None or not pool.endpoints else "no healthy endpoint"
+            self._answer_error(503, f"{reason} for route {route.name}")
+            return
+        self.pool = pool
+        self.endpoint = endpoint
+        endpoint.active += 1
+        gw.metrics.upstream(endpoint.address).tries += 1
+        if self.kept is not None or len(self.tried) == 0:
+            self.tried.append(endpoint.address)
+        self.try_started = gw.loop.time()
+        self.pending = []
+        conn = pool.take_idle(endpoint)
+        first = self.out_head
+        if self.kept is not None and self.kept_size <= gw.limits.retry_buffer_bytes:
+            body = self.kept
+        else:
+            body = []
+        if conn is not None:
+            self._attach(conn)
+            assert conn.transport is not None
+            conn.transport.write(first + b"".join(body) if body else first)
+            self._set_deadline(_D_UPSTREAM, route.timeouts.per_try)
+        else:
+            conn = UpstreamConnection(pool, endpoint)
+            self._attach(conn)
+            self.pending = [first, *body]
+            self._set_deadline(_D_UPSTREAM, route.timeouts.connect)
+            conn.connect_task = gw.loop.create_task(conn.connect(gw.loop))
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        conn.client = self
+        conn.expect_head = True
+        conn.head_method = self.method
+        self.upstream = conn
+        if self.write_paused and conn.transport is not None and not conn.read_paused:
+            conn.read_paused = True
+            conn.transport.pause_reading()
+
+    def _send(self, chunk: bytes) -> None:
+        """A piece of request body: to the upstream, or held until it connects."""
+        if self.kept is not None:
+            self.kept.append(chunk)
+            self.kept_size += len(chunk)
+            if self.kept_size > self.gw.limits.retry_buffer_bytes:
+                self.kept = None  # too big to replay: no retries for this request
+        up = self.upstream
+        if up is not None and up.transport is not None and not self.pending:
+            up.transport.write(chunk)
+        elif up is not None:
+            self.pending.append(chunk)
+
+    def upstream_connected(self, conn: UpstreamConnection) -> None:
+        assert conn.transport is not None
+        if self.pending:
+            conn.transport.write(b"".join(self.pending))
+            self.pending = []
+        route = self.route
+        if route is not None:
+            self._set_deadline(_D_UPSTREAM, route.timeouts.per_try)
+
+    # --- response path (called by UpstreamConnection) -------------------------------------
+
+    def response_head(self, conn: UpstreamConnection, status: int, head: bytes) -> bool:
+        """The upstream's final response head arrived; False means "retrying, drop it"."""
+        if status in RETRYABLE_STATUS and self._may_retry(status):
+            self._end_try(conn, "5xx", reusable=False)
+            self._retry()
+            return False
+        self.responded = True
+        self.status = status
+        transport = self.transport
+        if transport is None or self.state == _CLOSED:
+            return True
+        closing = not self._keep_alive or conn.until_close or not self.request_done
+        if conn.hop_spans:
+            head = _without(head, conn.hop_spans)
+            if status == 101:
+                head = head[:-2] + b"Connection: Upgrade\r\n\r\n"
+        if closing and status != 101:
+            head = head[:-2] + b"Connection: close\r\n\r\n"
+            self._keep_alive = False
+        self.deadline = math.inf
+        self.deadline_kind = _D_NONE
+        self.pending_head = head
+        return True
+
+    def response_done(self, conn: UpstreamConnection, reusable: bool) -> None:
+        gw = self.gw
+        now = gw.loop.time()
+        status = self.status
+        outcome: Outcome = "5xx" if status >= 500 else "ok"
+        self._end_try(conn, outcome, reusable=reusable and self.request_done)
+        route = self.route
+        if route is not None:
+            gw.metrics.route(route.name).observe(status, now - self.started, now - self.try_started)
+        self._next_request()
+
+    def upstream_failed(self, conn: UpstreamConnection, why: str) -> None:
+        """The try failed before any response byte reached the client, or mid-response."""
+        if self.upstream is not conn:
+            return
+        if self.responded:  # the client already has part of a response: cut it off cleanly
+            self._end_try(conn, "connect", reusable=False)
+            self.close()
+            return
+        gw = self.gw
+        if self.endpoint is not None:
+            gw.metrics.upstream(self.endpoint.address).connect_failures += 1
+        self._end_try(conn, "connect", reusable=False)
+        if self._may_retry(None):
+            self._retry()
+        elif why == "timeout":
+            self._answer_error(504, "upstream timed out")
+        else:
+            self._answer_error(502, f"upstream {why}")
+
+    def tunnel(self, conn: UpstreamConnection) -> None:
+        self.state = _TUNNEL
+        self.deadline = math.inf
+        self.deadline_kind = _D_NONE
+        if self.buf and conn.transport is not None:
+            conn.transport.write(bytes(self.buf))
+            self.buf.clear()
+
+    def _may_retry(self, status: int | None) -> bool:
+        route = self.route
+        if route is None or self.kept is None or self.state == _CLOSED:
+            return False
+        if len(self.tried) > route.retries.attempts:
+            return False
+        if status is not None and status not in RETRYABLE_STATUS:
+            return False
+        if self.gw.now >= self.total_deadline:
+            return False
+        return self.gw.budgets[route.name].try_spend(self.gw.now)
+
+    def _retry(self) -> None:
+        route = self.route
+        assert route is not None
+        self.gw.metrics.route(route.name).retries += 1
+        self._begin_try()
+
+    def _end_try(self, conn: UpstreamConnection, outcome: Outcome, *, reusable: bool) -> None:
+        gw = self.gw
+        endpoint = self.endpoint
+        pool = self.pool
+        if endpoint is not None:
+            endpoint.active -= 1
+            self.endpoint = None
+            latency = gw.loop.time() - self.try_started
+            if pool is not None and pool.cluster.lb.policy == "ewma":
+                endpoint.observe(latency, gw.now)
+            if pool is not None:
+                ejection = pool.outlier.record(endpoint.address, outcome, gw.now)
+                if ejection is not None:
+                    gw.metrics.upstream(endpoint.address).ejections += 1
+                    pool.refresh(gw.now)
+                    if gw.on_ejection is not None:
+                        gw.on_ejection(pool.cluster.key, endpoint.address, ejection.reason)
+        if self.upstream is conn:
+            self.upstream = None
+        conn.client = None
+        if reusable and pool is not None and conn.transport is not None:
+            if conn.read_paused:
+                conn.read_paused = False
+                conn.transport.resume_reading()
+            pool.put_idle(conn, gw.now)
+        else:
+            conn.abort()
+
+    def _next_request(self) -> None:
+        if self.state == _CLOSED:
+            return
+        if not self._keep_alive or not self.request_done:
+            self.close()
+            return
+        self.state = _HEAD
+        self.route = None
+        self._resume_reading(_READ_BACKLOG)
+        if self.buf:
+            self._set_deadline(_D_HEADERS, self.gw.limits.header_timeout)
+            self._run()
+        else:
+            self._set_deadline(_D_IDLE, self.gw.limits.idle_timeout)
+
+    # --- errors, deadlines, closing -------------------------------------------------------
+
+    def _answer_error(self, status: int, message: str) -> None:
+        """Answer a request whose tries failed (or never started)."""
+        route = self.route
+        if route is not None:
+            now = self.gw.loop.time()
+            self.gw.metrics.route(route.name).observe(status, now - self.started, None)
+        self.responded = True
+        self._fail(status, message, close=not self.request_done or not self._keep_alive)
+
+    def _fail(self, status: int, message: str, *, close: bool = True) -> None:
+        transport = self.transport
+        if transport is None or self.state == _CLOSED:
+            return
+        if self.upstream is not None:
+            up = self.upstream
+            self._end_try(up, "ok", reusable=False)
+        transport.write(_simple_response(status, message, close=close, request_id=self.request_id))
+        if close:
+            self.close()
+        else:
+            self.request_done = True
+            self._next_request()
+
+    def on_deadline(self, now: float) -> None:
+        kind = self.deadline_kind
+        self.deadline = math.inf
+        self.deadline_kind = _D_NONE
+        if kind == _D_IDLE:
+            self.close()
+        elif kind == _D_HEADERS:
+            if self.buf or self.state != _HEAD:
+                self._fail(408, "request headers not received in time")
+            else:
+                self.close()
+        elif kind == _D_UPSTREAM:
+            up = self.upstream
+            if up is not None:
+                up.cancel_connect()
+                self.upstream_failed(up, "timeout")
+            elif not self.responded:
+                self._fail(504, "upstream timed out")
+
+    def _set_deadline(self, kind: int, seconds: float) -> None:
+        self.deadline_kind = kind
+        deadline = self.gw.now + seconds
+        if kind == _D_UPSTREAM and self.total_deadline < deadline:
+            deadline = self.total_deadline
+        self.deadline = deadline
+
+    def _pause_reading(self, why: int) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.read_paused |= why
+
+    def _resume_reading(self, why: int) -> None:
+        if not self.read_paused & why:
+            return
+        self.read_paused &= ~why
+        if not self.read_paused and self.transport is not None:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.state != _CLOSED:
+            self.state = _CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.state = _CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream endpoint; serves one client request at a time."""
+
+    def __init__(self, pool: Pool, endpoint: Endpoint) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.client: ClientConnection | None = None
+        self.connect_task: asyncio.Task[Any] | None = None
+        self.buf = b""
+        self.expect_head = True
+        self.head_method = "GET"
+        self.framer: BodyFramer | None = None
+        self.until_close = False
+        self.keep_alive = True
+        self.read_paused = False
+        self.idle_since = 0.0
+        self.tunneling = False
+        self.hop_spans: list[tuple[int, int]] = []
+        self._parser: Any = None
+
+    async def connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            await loop.create_connection(lambda: self, self.endpoint.host, self.endpoint.port)
+        except asyncio.CancelledError:
+            pass
+        except OSError as error:
+            client = self.client
+            if client is not None:
+                why = "refused the connection" if "refused" in str(error).lower() else "unreachable"
+                client.upstream_failed(self, why)
+        finally:
+            self.connect_task = None
+
+    def cancel_connect(self) -> None:
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        client = self.client
+        if client is None:
+            transport.close()
+        else:
+            client.upstream_connected(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        client = self.client
+        if client is None:
+            self.pool.forget(self)
+            return
+        if self.tunneling:
+            client.close()
+            return
+        if not self.expect_head and self.until_close:
+            client.response_done(self, reusable=False)
+            return
+        client.upstream_failed(self, "closed the connection" if exc is None else "reset")
+
+    def pause_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client._pause_reading(_READ_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client._resume_reading(_READ_UPSTREAM)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if client is None or client.transport is None:
+            self.abort()  # bytes nobody asked for: this connection cannot be trusted
+            return
+        if self.tunneling:
+            client.transport.write(data)
+            return
+        try:
+            self._receive(client, client.transport, data)
+        except Exception:
+            log.exception("gateway: response handling failed")
+            client.upstream_failed(self, "sent a response the gateway could not handle")
+
+    def _receive(self, client: ClientConnection, out: asyncio.Transport, data: bytes) -> None:
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        while self.expect_head:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(data) > MAX_RESPONSE_HEAD:
+                    client.upstream_failed(self, "sent a response head too large")
+                else:
+                    self.buf = data
+                return
+            head, data = data[: end + 4], data[end + 4 :]
+            # Upstream heads are parsed by hand (status line + the few framing headers): the
+            # upstream is ours to trust more than a client, and this is the hot path.
+            status_line = _STATUS_LINE.match(head)
+            if status_line is None:
+                client.upstream_failed(self, "sent a malformed response")
+                return
+            status = int(status_line.group(2))
+            if status == 101:
+                self.hop_spans = []
+                if not client.response_head(self, status, head):
+                    return
+                self.expect_head = False
+                self.tunneling = True
+                out.write(client.pending_head + data)
+                client.tunnel(self)
+                return
+            if status < 200:  # 1xx interim response: pass it on, the final one follows
+                out.write(head)
+                continue
+            try:
+                values, self.hop_spans = _scan(_RESPONSE_SCAN, head, _RESPONSE_HOP)
+            except _BadHead as error:
+                client.upstream_failed(self, f"sent more than one {error} header")
+                return
+            connection = values.get(b"connection")
+            if status_line.group(1) == b"0":
+                self.keep_alive = connection is not None and b"keep-alive" in connection.lower()
+            else:
+                self.keep_alive = connection is None or b"close" not in connection.lower()
+            if client.method == "HEAD" or status in (204, 304):
+                self.framer = BodyFramer(0)
+            else:
+                te = values.get(b"transfer-encoding")
+                cl = values.get(b"content-length")
+                if te is not None and te.lower().endswith(b"chunked"):
+                    self.framer = BodyFramer(chunked=True)
+                elif cl is not None:
+                    if not cl.isdigit():
+                        client.upstream_failed(self, "sent a bad Content-Length")
+                        return
+                    self.framer = BodyFramer(int(cl))
+                else:
+                    self.framer = BodyFramer(None)
+            self.until_close = self.framer.until_close
+            if not client.response_head(self, status, head):
+                return
+            self.expect_head = False
+            head = client.pending_head
+            if not data and not self.framer.done:
+                out.write(head)
+                return
+            self._body(client, out, data, head)
+            return
+        self._body(client, out, data, b"")
+
+    def _body(
+        self, client: ClientConnection, out: asyncio.Transport, data: bytes, head: bytes
+    ) -> None:
+        framer = self.framer
+        assert framer is not None
+        n, done = framer.feed(data)
+        if n == len(data):
+            out.write(head + data if head else data)
+        else:
+            if head or n:
+                out.write(head + data[:n])
+            if not done:
+                self.buf = data[n:]  # an incomplete chunk-size line
+        if done:
+            reusable = self.keep_alive and n == len(data)
+            self.expect_head = True
+            self.framer = None
+            client.response_done(self, reusable)
+
+    def close(self) -> None:
+        self.client = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.client = None
+        self.cancel_connect()
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,372 @@
+"""Standalone mode: ``corral gateway serve --config gw.yaml``, like nginx with a config file.
+
+Processes. A **supervisor** (the process the user started) validates the config, binds the
+listen address once (SO_REUSEPORT, not listening — it only reserves the port, and resolves
+port 0), and starts ``workers`` **worker** processes (``python -m corral.gateway.serve
+--worker``). Each worker binds its own SO_REUSEPORT listening socket on that port, so the kernel
+spreads connections across workers, and runs a ``Gateway`` on uvloop. A worker that dies is
+started again after a second.
+
+Shared state goes through a small **state directory** (a private temp dir), written by
+atomic rename and read by the workers on their periodic sweep (every 0.25 s, checking the
+files' mtimes), so every worker sees the same config version and the same upstream health
+within about half a second:
+
+- ``config.json`` — ``{version, config}``: the validated config. SIGHUP to the supervisor
+  re-reads the file; a valid one becomes the next version, an invalid one is reported on
+  stderr and changes nothing. Workers validate and compile it in a thread (off the loop) and
+  swap their route table in one assignment.
+- ``health.json`` — ``{cluster: [unhealthy addresses]}``: the supervisor runs the active checks
+  (``HealthChecker``) once per gateway, not once per worker. Passive outlier ejection is decided
+  per worker (each sees its own share of failures).
+- ``metrics-<i>.json`` — each worker's counters, written every second; the supervisor's admin
+  listener (``admin: {listen: …}``) sums them for ``GET /metrics`` (Prometheus text) and answers
+  ``GET /healthz``.
+
+TLS (``tls: {cert, key}``) is terminated by the workers; the certificate files are re-read on
+every config version and whenever their mtime changes, into the same ``SSLContext``, so new
+handshakes use the new certificate without a restart.
+
+SIGTERM or SIGINT: workers stop accepting, finish requests in flight (``limits.drain``), exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from corral import ids
+from corral.errors import CorralError
+from corral.gateway.config import GatewayConfig, load_gateway_config, parse_address
+from corral.gateway.healthcheck import HealthChecker
+from corral.gateway.metrics import render
+from corral.gateway.proxy import Gateway
+from corral.gateway.router import compile_routes
+
+__all__ = ["Supervisor", "run_worker", "serve"]
+
+log = logging.getLogger("corral.gateway")
+
+CONFIG_FILE = "config.json"
+HEALTH_FILE = "health.json"
+METRICS_EVERY = 1.0
+
+
+def _write_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+class Supervisor:
+    def __init__(self, config_path: Path, config: GatewayConfig, state: Path) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.state = state
+        self.version = 1
+        self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+        self.checker = HealthChecker(self._health_changed)
+        host, port = parse_address(config.listen)
+        self.reserved = _reserve(host, port)
+        self.host, self.port = host, self.reserved.getsockname()[1]
+
+    def _health_changed(self, unhealthy: dict[str, list[str]]) -> None:
+        _write_atomic(self.state / HEALTH_FILE, unhealthy)
+
+    def _publish(self) -> None:
+        data = {"version": self.version, "config": self.config.model_dump(mode="json")}
+        _write_atomic(self.state / CONFIG_FILE, data)
+        self.checker.update(compile_routes(self.config, self.version))
+
+    def reload(self) -> None:
+        try:
+            config = load_gateway_config(self.config_path)
+        except CorralError as error:
+            sys.stderr.write(f"gateway: reload refused, keeping version {self.version}: {error}\n")
+            return
+        if parse_address(config.listen) != parse_address(self.config.listen):
+            sys.stderr.write("gateway: listen changed; it applies on restart\n")
+        self.config = config
+        self.version += 1
+        self._publish()
+        sys.stderr.write(f"gateway: config version {self.version} loaded\n")
+
+    def _spawn(self, index: int) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "corral.gateway.serve",
+            "--worker",
+            str(index),
+            "--state",
+            str(self.state),
+            "--listen",
+            f"{self.host}:{self.port}",
+        ]
+        self.workers[index] = subprocess.Popen(argv)
+
+    async def run(self, ready: Callable[[str, int], None] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self._publish()
+        for index in range(self.config.workers):
+            self._spawn(index)
+        admin = await self._start_admin()
+        sys.stderr.write(
+            f"gateway: listening on {self.host}:{self.port} with {self.config.workers} worker(s)\n"
+        )
+        if ready is not None:
+            ready(self.host, self.port)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                for index, proc in sorted(self.workers.items()):
+                    if proc.poll() is not None and not stop.is_set():
+                        sys.stderr.write(f"gateway: worker {index} exited ({proc.returncode})\n")
+                        self._spawn(index)
+        finally:
+            for proc in self.workers.values():
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+            deadline = loop.time() + self.config.limits.drain + 2
+            for proc in self.workers.values():
+                while proc.poll() is None and loop.time() < deadline:
+                    await asyncio.sleep(0.05)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            await self.checker.close()
+            if admin is not None:
+                await admin.cleanup()
+            self.reserved.close()
+        return 0
+
+    async def _start_admin(self) -> Any:
+        if self.config.admin is None:
+            return None
+        from aiohttp import web
+
+        async def metrics(request: web.Request) -> web.Response:
+            snapshots = []
+            for path in sorted(self.state.glob("metrics-*.json")):
+                with contextlib.suppress(OSError, ValueError):
+                    snapshots.append(json.loads(path.read_text()))
+            return web.Response(text=render(snapshots), content_type="text/plain")
+
+        async def healthz(request: web.Request) -> web.Response:
+            alive = sum(1 for p in self.workers.values() if p.poll() is None)
+            return web.json_response(
+                {
+                    "version": self.version,
+                    "workers": alive,
+                    "unhealthy": self.checker.unhealthy(),
+                },
+                status=200 if alive else 503,
+            )
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = parse_address(self.config.admin.listen)
+        await web.TCPSite(runner, host, port).start()
+        return runner
+
+
+def serve(config_path: str | Path, ready: Callable[[str, int], None] | None = None) -> int:
+    """Run a standalone gateway until SIGTERM/SIGINT. Raises CorralError for a bad config."""
+    path = Path(config_path)
+    config = load_gateway_config(path)
+    with tempfile.TemporaryDirectory(prefix="corral-gateway-") as state:
+        supervisor = Supervisor(path, config, Path(state))
+        return _run_loop(supervisor.run(ready))
+
+
+def _run_loop(coro: Any) -> int:
+    try:
+        import uvloop
+
+        return int(uvloop.run(coro))
+    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio still works
+        return int(asyncio.run(coro))
+
+
+# --- worker -------------------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, index: int, state: Path) -> None:
+        self.index = index
+        self.state = state
+        self.config_mtime = 0.0
+        self.health_mtime = 0.0
+        self.version = 0
+        self.gw: Gateway | None = None
+        self.tls: ssl.SSLContext | None = None
+        self.tls_files: tuple[str, str] | None = None
+        self.tls_mtimes: tuple[float, float] = (0.0, 0.0)
+        self.next_metrics = 0.0
+        self.next_poll = 0.0
+        self.loading = False
+
+    def _read_config(self) -> tuple[int, GatewayConfig]:
+        data = json.loads((self.state / CONFIG_FILE).read_text())
+        config = GatewayConfig.model_validate(data["config"])
+        return int(data["version"]), config
+
+    def _load_tls(self, config: GatewayConfig) -> None:
+        if config.tls is None:
+            return
+        files = (config.tls.cert, config.tls.key)
+        mtimes = (Path(files[0]).stat().st_mtime, Path(files[1]).stat().st_mtime)
+        if self.tls is None:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        if files != self.tls_files or mtimes != self.tls_mtimes:
+            # Loading into the live context: new handshakes use the new certificate.
+            self.tls.load_cert_chain(files[0], files[1])
+            self.tls_files, self.tls_mtimes = files, mtimes
+
+    async def start(self, listen: str) -> Gateway:
+        self.config_mtime = os.stat(self.state / CONFIG_FILE).st_mtime  # noqa: PTH116 - once at start, before serving
+        self.version, config = self._read_config()
+        self._load_tls(config)
+        self.gw = gw = Gateway(
+            compile_routes(config, self.version),
+            config.limits,
+            rng=ids.system_random(),
+            scheme="https" if config.tls is not None else "http",
+        )
+        self._poll_health()
+        host, port = parse_address(listen)
+        sock = _reserve(host, port)
+        sock.listen(1024)
+        sock.setblocking(False)
+        await gw.listen(sock=sock, ssl=self.tls)
+        gw.on_sweep.append(self._on_sweep)
+        return gw
+
+    def _on_sweep(self, now: float) -> None:
+        gw = self.gw
+        assert gw is not None
+        if now >= self.next_poll:
+            self.next_poll = now + 0.25
+            self._poll_config()
+            self._poll_health()
+            if self.tls_files is not None:
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    files = self.tls_files
+                    mtimes = (Path(files[0]).stat().st_mtime, Path(files[1]).stat().st_mtime)
+                    if mtimes != self.tls_mtimes:
+                        assert self.tls is not None
+                        self.tls.load_cert_chain(files[0], files[1])
+                        self.tls_mtimes = mtimes
+        if now >= self.next_metrics:
+            self.next_metrics = now + METRICS_EVERY
+            with contextlib.suppress(OSError):
+                _write_atomic(self.state / f"metrics-{self.index}.json", gw.metrics.snapshot())
+
+    def _poll_config(self) -> None:
+        try:
+            mtime = Path(self.state / CONFIG_FILE).stat().st_mtime
+        except OSError:
+            return
+        if mtime == self.config_mtime or self.loading:
+            return
+        self.config_mtime = mtime
+        self.loading = True
+        asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
+        gw = self.gw
+        assert gw is not None
+        try:
+            loop = asyncio.get_running_loop()
+            version, config = await loop.run_in_executor(None, self._read_config)
+            table = await loop.run_in_executor(None, compile_routes, config, version)
+            if version > self.version:
+                self._load_tls(config)
+                gw.apply(table)  # one assignment swaps the table: requests see old or new
+                self.version = version
+        except Exception:
+            log.exception("gateway worker %d: config reload failed", self.index)
+        finally:
+            self.loading = False
+
+    def _poll_health(self) -> None:
+        gw = self.gw
+        assert gw is not None
+        path = self.state / HEALTH_FILE
+        try:
+            mtime = Path(path).stat().st_mtime
+            if mtime == self.health_mtime:
+                return
+            self.health_mtime = mtime
+            gw.set_unhealthy(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return
+
+
+async def run_worker(index: int, state: Path, listen: str) -> int:
+    worker = _Worker(index, state)
+    gw = await worker.start(listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor reloads, not us
+    await stop.wait()
+    await gw.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m corral.gateway.serve")
+    parser.add_argument("--config", help="the gateway config file (supervisor mode)")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--state", help=argparse.SUPPRESS)
+    parser.add_argument("--listen", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    if args.worker is not None:
+        return _run_loop(run_worker(args.worker, Path(args.state), args.listen))
+    if not args.config:
+        parser.error("--config is required")
+    try:
+        return serve(args.config)
+    except CorralError as error:
+        sys.stderr.write(f"error: {error}\n")
+        if error.hint:
+            sys.stderr.write(f"hint: {error.hint}\n")
+        return error.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

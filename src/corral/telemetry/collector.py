@@ -1,0 +1,554 @@
+"""The telemetry collector: its own process, so heavy ingest never delays the control plane.
+
+    POST /api/v2/spans          Zipkin v2 JSON → 202 (as Zipkin answers; py_zipkin insists)
+    POST /v1/traces             OTLP/HTTP, protobuf or JSON → 200 ExportTraceServiceResponse
+    GET  /api/v2/services | spans?serviceName= | remoteServices?serviceName= | traces | trace/{id}
+         | dependencies        the Zipkin v2 query API, so Zipkin UIs and tools work unchanged
+    GET  /telemetry/trace/{id} | traces | dependencies | latency | top | slow-sql   JSON queries
+    GET  /health  /metrics
+
+Ingest is decoupled from the store: a handler decodes (a malformed body is a 400 and nothing of
+it is kept), puts the spans on a bounded queue and answers; one writer drains the queue in
+batches on a thread of its own (normalise, link, roll up, store in one transaction). A full
+queue answers 429 with Retry-After and counts the spans it refused in
+``corral_telemetry_spans_dropped_total`` — never a silent drop; a collector shutting down or a
+failing store answers 503.
+
+Security (DESIGN.md): on a loopback listener ingest, the Zipkin API, /metrics and /health answer
+without a token; elsewhere ingest needs the ingest (or admin) token and the Zipkin API the read
+(or admin) token. The /telemetry JSON queries always need the read or admin token: the platform
+API fronts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from corral import clock
+from corral.errors import CorralError, Forbidden, NotFound, Unauthorized, UserError
+from corral.home import Home
+from corral.telemetry import otlp, queries, zipkin
+from corral.telemetry.model import Facts, Span
+from corral.telemetry.normalize import Normalizer
+from corral.telemetry.rollup import Cell, Key, Linker, accumulate
+from corral.telemetry.store import Retention, SpanStore, SqliteSpanStore, TraceQuery
+
+log = logging.getLogger("corral.telemetry")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+INGEST_PATHS = frozenset({"/api/v2/spans", "/v1/traces"})
+OPEN_PATHS = frozenset({"/health"})
+STORE_BACKOFF_S = 1.0  # after a failed write, refuse ingest (503) this long, then try again
+_json = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    queue_spans: int = 200_000  # spans accepted but not yet stored; past this, 429
+    batch_spans: int = 20_000  # spans per store transaction, at most
+    link_window_s: float = 10.0  # how long a span waits for its caller/callee/root
+    prune_every_s: float = 60.0
+    retention: Retention = field(default_factory=Retention)
+
+
+class Ingestor:
+    """The writer's side, synchronous (it runs on the store thread): normalise each span, join
+    it in the `Linker`, and store spans with the rollup cells that became final."""
+
+    def __init__(self, store: SpanStore, window_s: float = 10.0) -> None:
+        self.store = store
+        self.normalizer = Normalizer()
+        self.linker = Linker(window_s=window_s)
+        self.stored = 0
+
+    def ingest(self, spans: list[Span], now_s: float) -> None:
+        facts = self.normalizer.facts
+        offer = self.linker.offer
+        pairs: list[tuple[Span, Facts]] = []
+        cells: dict[tuple[int, Key], Cell] = {}
+        for span in spans:
+            f = facts(span)
+            pairs.append((span, f))
+            accumulate(cells, offer(span, f, now_s))
+        accumulate(cells, self.linker.expire(now_s))
+        self.store.write(pairs, cells)
+        self.stored += len(pairs)
+
+    def tick(self, now_s: float) -> None:
+        cells: dict[tuple[int, Key], Cell] = {}
+        accumulate(cells, self.linker.expire(now_s))
+        if cells:
+            self.store.write([], cells)
+
+    def flush(self) -> None:
+        cells: dict[tuple[int, Key], Cell] = {}
+        accumulate(cells, self.linker.flush())
+        if cells:
+            self.store.write([], cells)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Collector:
+    def __init__(
+        self,
+        store: SpanStore,
+        *,
+        tokens: Callable[[], Mapping[str, str]] = dict,
+        config: CollectorConfig | None = None,
+    ) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.config = config or CollectorConfig()
+        self.ingestor = Ingestor(store, self.config.link_window_s)
+        self.loopback = True
+        self.received = 0
+        self.dropped = 0
+        self.failed = 0
+        self._pending = 0
+        self._queue: asyncio.Queue[list[Span] | None] = asyncio.Queue()
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="telemetry-store")
+        self._query_pool = ThreadPoolExecutor(2, thread_name_prefix="telemetry-query")
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._store_error = ""
+        self._failed_at = 0.0
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=64 << 20)
+        r = app.router
+        r.add_post("/api/v2/spans", self.post_zipkin)
+        r.add_post("/v1/traces", self.post_otlp)
+        r.add_get("/api/v2/services", self.z_services)
+        r.add_get("/api/v2/spans", self.z_spans)
+        r.add_get("/api/v2/remoteServices", self.z_remote)
+        r.add_get("/api/v2/traces", self.z_traces)
+        r.add_get("/api/v2/trace/{id}", self.z_trace)
+        r.add_get("/api/v2/dependencies", self.z_dependencies)
+        r.add_get("/telemetry/trace/{id}", self.q_trace)
+        r.add_get("/telemetry/traces", self.q_traces)
+        r.add_get("/telemetry/dependencies", self.q_dependencies)
+        r.add_get("/telemetry/latency", self.q_latency)
+        r.add_get("/telemetry/top", self.q_top)
+        r.add_get("/telemetry/slow-sql", self.q_slow_sql)
+        r.add_get("/health", self.health)
+        r.add_get("/metrics", self.metrics)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen and start the writer; returns the base URL (``http://host:port``)."""
+        self.loopback = is_loopback(host)
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound}"
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop accepting, store everything queued, settle pending joins, close the store."""
+        self._closing = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer_pool, self.ingestor.flush)
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            await loop.run_in_executor(self._writer_pool, close)
+        self._writer_pool.shutdown()
+        self._query_pool.shutdown()
+
+    async def drained(self) -> None:
+        """Wait until everything accepted so far is stored (tests, benchmarks)."""
+        while self._pending:
+            await asyncio.sleep(0.005)
+
+    async def settle(self) -> None:
+        """Store everything and count every span still waiting for a join (tests)."""
+        await self.drained()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer_pool, self.ingestor.flush)
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self.config.batch_spans
+        last_prune = clock.monotonic()
+        while True:
+            try:
+                batch = await asyncio.wait_for(self._queue.get(), timeout=1.0)
+            except TimeoutError:
+                await loop.run_in_executor(self._writer_pool, self.ingestor.tick, clock.wall())
+                batch = []
+            if batch is None:
+                return
+            spans = batch  # the decoder's own list: extending it in place is safe
+            while len(spans) < limit and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    self._queue.put_nowait(None)
+                    break
+                spans.extend(more)
+            if spans:
+                try:
+                    await loop.run_in_executor(
+                        self._writer_pool, self.ingestor.ingest, spans, clock.wall()
+                    )
+                    self._store_error = ""
+                except Exception as exc:  # the store failed: count, report, keep serving
+                    self.failed += len(spans)
+                    self._store_error = str(exc)
+                    self._failed_at = clock.monotonic()
+                    log.exception("storing %d spans failed", len(spans))
+                finally:
+                    self._pending -= len(spans)
+            if clock.monotonic() - last_prune > self.config.prune_every_s:
+                last_prune = clock.monotonic()
+                now_us = int(clock.wall() * 1_000_000)
+                await loop.run_in_executor(self._writer_pool, self.store.prune, now_us)
+
+    # -- security and errors ------------------------------------------------------------
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            self._authorize(request)
+            return await handler(request)
+        except CorralError as exc:
+            return web.json_response(exc.to_dict(), status=exc.status)
+
+    def _authorize(self, request: web.Request) -> None:
+        path = request.path
+        if path in OPEN_PATHS:
+            return
+        zipkin_or_ingest = path in INGEST_PATHS or path.startswith("/api/v2/") or path == "/metrics"
+        if zipkin_or_ingest and self.loopback:
+            return
+        roles = ("ingest", "admin") if path in INGEST_PATHS else ("read", "admin")
+        header = request.headers.get("Authorization", "")
+        offered = header[7:].strip().encode() if header.startswith("Bearer ") else b""
+        tokens = self.tokens()
+        if offered and any(
+            hmac.compare_digest(offered, tokens[r].encode()) for r in roles if tokens.get(r)
+        ):
+            return
+        if not offered:
+            raise Unauthorized(
+                f"{request.method} {path} needs a token on this listener",
+                f"send `Authorization: Bearer …` with the {roles[0]} token from $CORRAL_HOME/"
+                f"{'ingest-token' if roles[0] == 'ingest' else 'read-token'}",
+            )
+        raise Forbidden(
+            f"this token cannot call {request.method} {path}",
+            f"use the {roles[0]} or admin token",
+        )
+
+    # -- ingest -------------------------------------------------------------------------
+    def _admit(self, spans: list[Span]) -> web.Response | None:
+        """Queue the spans, or answer why not (429/503), counting what is refused."""
+        count = len(spans)
+        self.received += count
+        failing = self._store_error and clock.monotonic() - self._failed_at < STORE_BACKOFF_S
+        if self._closing or failing:
+            self.dropped += count
+            reason = "shutting down" if self._closing else f"store failing: {self._store_error}"
+            return _refuse(503, f"the collector cannot store spans now ({reason})", count)
+        if self._pending + count > self.config.queue_spans:
+            self.dropped += count
+            return _refuse(429, "the collector is overloaded: its ingest queue is full", count)
+        if count:
+            self._pending += count
+            self._queue.put_nowait(spans)
+        return None
+
+    async def post_zipkin(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        ctype = request.content_type
+        if ctype not in ("application/json", "text/plain", "application/octet-stream", ""):
+            raise UserError(
+                f"unsupported Content-Type {ctype} for Zipkin spans",
+                "send Zipkin v2 JSON (application/json)",
+            )
+        spans = zipkin.decode(body)
+        refused = self._admit(spans)
+        return refused or web.Response(status=202)
+
+    async def post_otlp(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        ctype = request.headers.get("Content-Type", otlp.PROTOBUF)
+        spans = otlp.decode(body, ctype)
+        refused = self._admit(spans)
+        if refused is not None:
+            return refused
+        payload, out_type = otlp.response(ctype)
+        return web.Response(body=payload, content_type=out_type)
+
+    # -- queries ------------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._query_pool, lambda: fn(*args, **kwargs))
+
+    async def z_services(self, request: web.Request) -> web.Response:
+        return _json_response(await self._run(queries.services, self.store))
+
+    async def z_spans(self, request: web.Request) -> web.Response:
+        service = _required(request, "serviceName")
+        return _json_response(await self._run(queries.span_names, self.store, service.lower()))
+
+    async def z_remote(self, request: web.Request) -> web.Response:
+        service = _required(request, "serviceName")
+        return _json_response(await self._run(queries.remote_services, self.store, service.lower()))
+
+    async def z_traces(self, request: web.Request) -> web.Response:
+        q = request.query
+        end_ms = _int(q, "endTs", int(clock.wall() * 1000))
+        lookback_ms = _int(q, "lookback", 86_400_000)
+        annotation = q.get("annotationQuery", "")
+        query = TraceQuery(
+            start_us=(end_ms - lookback_ms) * 1000,
+            end_us=end_ms * 1000 + 1,
+            service=q.get("serviceName", "").lower(),
+            endpoint=q.get("spanName", "") if q.get("spanName", "all") != "all" else "",
+            min_duration_us=_int(q, "minDuration", 0),
+            max_duration_us=_int(q, "maxDuration", 0),
+            error=True if "error" in annotation.split(" and ") else None,
+            limit=_int(q, "limit", 10),
+        )
+
+        def run() -> bytes:
+            ids = self.store.find_traces(query)
+            return zipkin.encode_traces(self.store.trace(t) for t in ids)
+
+        return web.Response(body=await self._run(run), content_type="application/json")
+
+    async def z_trace(self, request: web.Request) -> web.Response:
+        spans = await self._run(self.store.trace, request.match_info["id"].lower())
+        if not spans:
+            raise NotFound(f"no trace {request.match_info['id']}", "check the trace id")
+        return web.Response(body=zipkin.encode(spans), content_type="application/json")
+
+    async def z_dependencies(self, request: web.Request) -> web.Response:
+        end_ms = _int(request.query, "endTs", int(clock.wall() * 1000))
+        lookback_ms = _int(request.query, "lookback", 86_400_000)
+        edges = await self._run(
+            queries.dependencies, self.store, (end_ms - lookback_ms) * 1000, end_ms * 1000 + 1
+        )
+        return _json_response(queries.zipkin_links(edges))
+
+    def _window(self, request: web.Request, default_s: int = 3600) -> tuple[int, int]:
+        """`?start=&end=` in µs since the epoch, or `?minutes=N` back from now."""
+        now_us = int(clock.wall() * 1_000_000)
+        end = _int(request.query, "end", now_us)
+        if "start" in request.query:
+            return _int(request.query, "start", 0), end
+        minutes = _int(request.query, "minutes", default_s // 60)
+        return end - minutes * 60_000_000, end
+
+    async def q_trace(self, request: web.Request) -> web.Response:
+        return _json_response(await self._run(queries.trace, self.store, request.match_info["id"]))
+
+    async def q_traces(self, request: web.Request) -> web.Response:
+        start, end = self._window(request)
+        q = request.query
+        error = q.get("error")
+        query = TraceQuery(
+            start_us=start,
+            end_us=end,
+            service=q.get("service", ""),
+            endpoint=q.get("endpoint", ""),
+            min_duration_us=_int(q, "min_duration_us", 0),
+            max_duration_us=_int(q, "max_duration_us", 0),
+            error=None if error is None else error.lower() in ("1", "true", "yes"),
+            limit=_int(q, "limit", 20),
+        )
+        return _json_response(await self._run(queries.search, self.store, query))
+
+    async def q_dependencies(self, request: web.Request) -> web.Response:
+        start, end = self._window(request)
+        return _json_response(await self._run(queries.dependencies, self.store, start, end))
+
+    async def q_latency(self, request: web.Request) -> web.Response:
+        start, end = self._window(request)
+        service = _required(request, "service")
+        endpoint = _required(request, "endpoint")
+        step = _int(request.query, "step_minutes", 1)
+        result = await self._run(queries.latency, self.store, service, endpoint, start, end, step)
+        return _json_response(result)
+
+    async def q_top(self, request: web.Request) -> web.Response:
+        start, end = self._window(request, default_s=300)
+        q = request.query
+        result = await self._run(
+            queries.top,
+            self.store,
+            start,
+            end,
+            by=q.get("by", "calls"),
+            group=q.get("group", "endpoint"),
+            n=_int(q, "n", 10),
+            service=q.get("service", ""),
+        )
+        return _json_response(result)
+
+    async def q_slow_sql(self, request: web.Request) -> web.Response:
+        start, end = self._window(request)
+        threshold = _int(request.query, "threshold_us", 100_000)
+        n = _int(request.query, "n", 10)
+        result = await self._run(
+            queries.slow_sql, self.store, start, end, threshold_us=threshold, n=n
+        )
+        return _json_response(result)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json_response({"ok": not self._store_error, "pending": self._pending})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        lines = []
+        for name, help_text, value in (
+            ("spans_received_total", "Spans decoded from ingest requests", self.received),
+            ("spans_stored_total", "Spans written to the span store", self.ingestor.stored),
+            (
+                "spans_dropped_total",
+                "Spans refused with 429/503 (overload, shutdown)",
+                self.dropped,
+            ),
+            ("spans_failed_total", "Spans lost because the store failed", self.failed),
+            ("queue_spans", "Spans accepted and not yet stored", self._pending),
+            (
+                "link_waiting_spans",
+                "Spans waiting for their caller/callee/root",
+                self.ingestor.linker.waiting,
+            ),
+        ):
+            kind = "counter" if name.endswith("_total") else "gauge"
+            metric = f"corral_telemetry_{name}"
+            lines += [
+                f"# HELP {metric} {help_text}",
+                f"# TYPE {metric} {kind}",
+                f"{metric} {value}",
+            ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+def _refuse(status: int, message: str, count: int) -> web.Response:
+    body = {
+        "code": "overloaded" if status == 429 else "unavailable",
+        "message": f"{message}; {count} spans refused",
+        "hint": "retry after the number of seconds in Retry-After",
+    }
+    return web.Response(
+        body=_json.encode(body),
+        status=status,
+        content_type="application/json",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _json_response(data: Any) -> web.Response:
+    return web.Response(body=_json.encode(data), content_type="application/json")
+
+
+def _int(query: Mapping[str, str], name: str, default: int) -> int:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"query parameter {name}={raw!r} is not an integer", "") from None
+
+
+def _required(request: web.Request, name: str) -> str:
+    value = request.query.get(name, "")
+    if not value:
+        raise UserError(f"query parameter {name} is required", f"add ?{name}=…")
+    return value
+
+
+def store_path(home: Home) -> Path:
+    return home.path / "telemetry" / "spans.db"
+
+
+def home_tokens(home: Home) -> Callable[[], Mapping[str, str]]:
+    """Tokens as the control plane generated them; re-read while any is missing."""
+    cache: dict[str, str] = {}
+
+    def tokens() -> Mapping[str, str]:
+        if len(cache) < 3:
+            for role in ("admin", "read", "ingest"):
+                token = home.token(role)
+                if token:
+                    cache[role] = token
+        return cache
+
+    return tokens
+
+
+async def serve(home: Home, host: str, port: int, config: CollectorConfig | None = None) -> None:
+    """Run a collector for `home` until SIGTERM/SIGINT; its URL goes to ``$HOME/collector``
+    once it listens."""
+    home.path.mkdir(parents=True, exist_ok=True)
+    path = store_path(home)
+    path.parent.mkdir(exist_ok=True)
+    config = config or CollectorConfig()
+    collector = Collector(
+        SqliteSpanStore(path, config.retention), tokens=home_tokens(home), config=config
+    )
+    url = await collector.start(host, port)
+    home.write_atomic("collector", url + "\n")
+    log.info("collector serving at %s", url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (home.path / "collector").unlink()
+        await collector.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m corral.telemetry.collector")
+    parser.add_argument("--home", default=None, help="$CORRAL_HOME (default: the environment's)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(serve(Home.resolve(args.home), args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Standalone mode: `corral gateway serve` with workers, SIGHUP reload, shared health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+
+from corral.cli.gateway import gateway
+from corral.errors import ManifestError
+from tests.gateway.conftest import Upstreams
+
+pytestmark = pytest.mark.timeout(40)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config(port: int, admin: int, upstreams: list[str]) -> str:
+    return json.dumps(
+        {
+            "listen": f"127.0.0.1:{port}",
+            "workers": 2,
+            "admin": {"listen": f"127.0.0.1:{admin}"},
+            "routes": [
+                {
+                    "name": "main",
+                    "upstreams": upstreams,
+                    "health_check": {
+                        "path": "/health",
+                        "interval": 0.1,
+                        "unhealthy_threshold": 1,
+                        "healthy_threshold": 1,
+                    },
+                }
+            ],
+        }
+    )
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, upstreams: Upstreams
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, int, int]]:
+    port, admin = free_port(), free_port()
+    file = tmp_path / "gw.yaml"
+    file.write_text(config(port, admin, [upstreams.address("a")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.gateway.serve", "--config", str(file)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc, file, port, admin
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def names_seen(port: int, tries: int = 12) -> set[str]:
+    names = set()
+    for _ in range(tries):  # a fresh connection each time, to reach both workers
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/echo") as response,
+        ):
+            if response.status == 200:
+                names.add((await response.json())["name"])
+            else:
+                names.add(str(response.status))
+    return names
+
+
+async def eventually(port: int, want: set[str], seconds: float = 8.0) -> None:
+    deadline = time.monotonic() + seconds
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        try:
+            seen = await names_seen(port)
+        except aiohttp.ClientError:
+            seen = set()
+        if seen == want:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"saw {seen}, wanted {want}")
+
+
+async def test_workers_reload_on_sighup_and_share_active_health(
+    served: tuple[subprocess.Popen[bytes], Path, int, int], upstreams: Upstreams
+) -> None:
+    proc, file, port, admin = served
+    await eventually(port, {"a"})
+    file.write_text(config(port, admin, [upstreams.address("a"), upstreams.address("b")]))
+    proc.send_signal(signal.SIGHUP)
+    await eventually(port, {"a", "b"})
+    async with aiohttp.ClientSession() as session:
+        await session.post(f"http://{upstreams.address('b')}/sick")
+        try:
+            await eventually(port, {"a"})  # every worker stopped sending to b
+        finally:
+            await session.post(f"http://{upstreams.address('b')}/well")
+        await eventually(port, {"a", "b"})
+        file.write_text("routes: [")  # broken: refused, the last good config keeps serving
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        await eventually(port, {"a", "b"})
+        deadline = time.monotonic() + 5
+        text = ""
+        while time.monotonic() < deadline and 'code="2xx"' not in text:
+            async with session.get(f"http://127.0.0.1:{admin}/metrics") as response:
+                text = await response.text()
+            await asyncio.sleep(0.2)
+        assert 'corral_gateway_requests_total{route="main",code="2xx"}' in text
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+
+
+def test_validate_accepts_a_good_config_and_lists_problems_of_a_bad_one(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("routes:\n  - {name: api, upstreams: ['127.0.0.1:9001']}\n")
+    result = CliRunner().invoke(gateway, ["validate", str(good)])
+    assert result.exit_code == 0 and "1 route(s): api" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  - {name: api}\n")
+    result = CliRunner().invoke(gateway, ["validate", str(bad)])
+    assert isinstance(result.exception, ManifestError)
+    assert result.exception.problems[0].path == "routes[0]"
