@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -67,12 +68,14 @@ def crash_figures(trials: int, work: Path) -> tuple[list[float], list[float]]:
 
 def up_figure(work: Path) -> float:
     home = work / "shop-home"
+    shop = work / "shop"
+    shutil.copytree(ROOT / "examples" / "shop", shop, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = shop / "corral.yaml"
+    manifest.write_text(manifest.read_text().replace("127.0.0.1:8080", "127.0.0.1:18080"))
     env = {**os.environ, "CORRAL_HOME": str(home)}
     corral = [sys.executable, "-m", "corral.cli.main"]
     started = time.monotonic()
-    result = subprocess.run(
-        [*corral, "up", str(ROOT / "examples" / "shop"), "-d"], env=env, capture_output=True
-    )
+    result = subprocess.run([*corral, "up", str(shop), "-d"], env=env, capture_output=True)
     elapsed = time.monotonic() - started
     subprocess.run([*corral, "down"], env=env, capture_output=True)
     kill_leftovers(home)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -42,12 +44,26 @@ def _http(port: int, path: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(response.read())
 
 
-def test_shop_comes_up_takes_orders_and_heals_with_its_data(home: Path) -> None:
+def shop_copy(tmp_path: Path) -> tuple[Path, int]:
+    """The example with its gateway on a free port (tests run side by side)."""
+    copy = tmp_path / "shop"
+    shutil.copytree(SHOP, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    manifest = copy / "corral.yaml"
+    manifest.write_text(manifest.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+    return copy, port
+
+
+def test_shop_comes_up_takes_orders_and_heals_with_its_data(home: Path, tmp_path: Path) -> None:
+    shop, gateway_port = shop_copy(tmp_path)
     started = time.monotonic()
-    up = corral(home, "up", str(SHOP), "-d", "--timeout", "30")
+    up = corral(home, "up", str(shop), "-d", "--timeout", "30")
     assert up.returncode == 0, up.stdout + up.stderr
     assert time.monotonic() - started < 30
-    assert "web" in up.stdout and "http://127.0.0.1:" in up.stdout
+    assert f"http://127.0.0.1:{gateway_port}/" in up.stdout
+    assert _http(gateway_port, "/api/stock")["apple"] == 50  # through the gateway
 
     web = next(i for i in _ps(home) if i["service"] == "web")
     assert _http(web["port"], "/api/stock")["apple"] == 50

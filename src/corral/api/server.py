@@ -22,11 +22,11 @@ from aiohttp import web
 from corral import __version__, clock, model
 from corral.api import auth, views
 from corral.control import apply as applying
-from corral.control import events, releases
+from corral.control import events, gateway_config, releases
 from corral.control.diff import spec_changes as diff_specs
 from corral.control.diff import summary as change_summary
 from corral.control.rollout import template_digest
-from corral.errors import Compacted, CorralError, NotFound, UserError
+from corral.errors import Compacted, CorralError, Forbidden, NotFound, UserError
 from corral.home import Home
 from corral.manifest import service_record, validate_manifest_data
 from corral.runtime import logs as logfiles
@@ -83,6 +83,15 @@ class Api:
             Route("POST", "/api/v1/down", self.down, "Stop every service (reverse order)"),
             Route("POST", "/api/v1/shutdown", self.shutdown, "Stop the control plane"),
             Route("GET", "/api/v1/backup", self.backup, "A consistent snapshot of the Store"),
+            Route("GET", "/api/v1/gateway/config", self.gateway_get, "Live gateway config"),
+            Route("GET", "/api/v1/gateway/routes", self.routes_list, "Gateway routes"),
+            Route("POST", "/api/v1/gateway/routes", self.route_create, "Create a route"),
+            Route("GET", "/api/v1/gateway/routes/{name}", self.route_get, "One route"),
+            Route("PUT", "/api/v1/gateway/routes/{name}", self.route_put, "Replace a route"),
+            Route("DELETE", "/api/v1/gateway/routes/{name}", self.route_delete, "Delete a route"),
+            Route("POST", "/api/v1/gateway/rollback", self.gateway_rollback, "Previous config"),
+            Route("GET", "/api/v1/store/range", self.store_range, "Read keys under a prefix"),
+            Route("GET", "/api/v1/store/watch", self.store_watch, "Follow changes (SSE)"),
         ]
 
     def app(self) -> web.Application:
@@ -223,9 +232,20 @@ class Api:
     async def apply(self, request: web.Request) -> web.StreamResponse:
         loaded, body = await self._loaded(request)
         result = await applying.apply_manifest(
-            self.store, loaded, str(body.get("message") or ""), str(body.get("user") or "")
+            self.store,
+            loaded,
+            str(body.get("message") or ""),
+            str(body.get("user") or ""),
+            home=self.home.path,
         )
-        return web.json_response({"changes": result.changes, "revision": result.revision})
+        return web.json_response(
+            {
+                "changes": result.changes,
+                "revision": result.revision,
+                "gateway": result.gateway,
+                "discarded_live_edits": result.discarded_live_edits,
+            }
+        )
 
     async def _service_views(self, include_system: bool) -> list[dict[str, Any]]:
         services = await views.load_services(self.store)
@@ -608,6 +628,145 @@ class Api:
             asyncio.get_running_loop().call_later(0.05, self.on_shutdown)
         return web.json_response({"ok": True})
 
+    # -- gateway admin -----------------------------------------------------------------------
+
+    async def _gateway_view(self) -> dict[str, Any]:
+        _, record = await gateway_config.read(self.store)
+        if record is None:
+            raise NotFound(
+                "no gateway is configured",
+                "add a gateway: section to the manifest, or create a route (corral route set)",
+            )
+        status: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            status = json.loads((self.home.path / "gateway" / "status.json").read_text())
+        return {
+            "version": record.version,
+            "source": record.source,
+            "updated_at": record.updated_at,
+            "message": record.message,
+            "config": record.config,
+            "live": status,
+        }
+
+    async def gateway_get(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(await self._gateway_view())
+
+    async def routes_list(self, request: web.Request) -> web.StreamResponse:
+        view = await self._gateway_view()
+        return web.json_response(
+            {"version": view["version"], "routes": view["config"].get("routes", [])}
+        )
+
+    async def route_get(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        view = await self._gateway_view()
+        index = gateway_config.route_index(view["config"], name)
+        return web.json_response(view["config"]["routes"][index])
+
+    async def _edit(self, request: web.Request, change: Any, message: str) -> web.StreamResponse:
+        services = set(await views.load_services(self.store))
+        dry_run = _flag(request, "dry_run")
+        record, config = await gateway_config.edit(
+            self.store, services, self.home.path, change, message=message, dry_run=dry_run
+        )
+        return web.json_response(
+            {
+                "dry_run": dry_run,
+                "version": record.version if record else 0,
+                "routes": [r.name for r in config.routes],
+            }
+        )
+
+    async def route_create(self, request: web.Request) -> web.StreamResponse:
+        route = await self._body(request)
+        name = str(route.get("name", ""))
+
+        def change(config: dict[str, Any]) -> dict[str, Any]:
+            if any(r.get("name") == name for r in config["routes"]):
+                raise UserError(f"route {name!r} exists", f"corral route set {name} replaces it")
+            config["routes"].append(route)
+            return config
+
+        return await self._edit(request, change, f"route {name} created")
+
+    async def route_put(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        route = await self._body(request)
+        route.setdefault("name", name)
+        if route["name"] != name:
+            raise UserError(
+                f"the body names route {route['name']!r}, the path {name!r}", "make them agree"
+            )
+
+        def change(config: dict[str, Any]) -> dict[str, Any]:
+            routes = config["routes"]
+            for i, existing in enumerate(routes):
+                if existing.get("name") == name:
+                    routes[i] = route
+                    return config
+            routes.append(route)
+            return config
+
+        return await self._edit(request, change, f"route {name} set")
+
+    async def route_delete(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+
+        def change(config: dict[str, Any]) -> dict[str, Any]:
+            del config["routes"][gateway_config.route_index(config, name)]
+            return config
+
+        return await self._edit(request, change, f"route {name} deleted")
+
+    async def gateway_rollback(self, request: web.Request) -> web.StreamResponse:
+        previous = await gateway_config.previous_version(self.store)
+        return await self._edit(
+            request,
+            lambda _config: dict(previous.config),
+            f"rolled back to the config of v{previous.version}",
+        )
+
+    @staticmethod
+    def _store_prefix(request: web.Request) -> str:
+        prefix = request.query.get("prefix", "")
+        if not prefix.startswith(model.PREFIX):
+            raise UserError(f"prefix {prefix!r} is outside {model.PREFIX}", "prefix=/corral/…")
+        if prefix.startswith(model.SECRETS) or model.SECRETS.startswith(prefix):
+            # Secrets never leave through the remote Store: list narrower prefixes instead.
+            raise Forbidden(f"prefix {prefix!r} would include secrets", "read a narrower prefix")
+        return prefix
+
+    async def store_range(self, request: web.Request) -> web.StreamResponse:
+        """The remote Store's read side, for platform processes (gateway, collector)."""
+        prefix = self._store_prefix(request)
+        listing = await self.store.range(prefix, _int_query(request, "limit", 0))
+        return web.json_response(
+            {
+                "revision": listing.revision,
+                "more": listing.more,
+                "kvs": [_kv_dict(kv) for kv in listing.kvs],
+            }
+        )
+
+    async def store_watch(self, request: web.Request) -> web.StreamResponse:
+        """Every change under ``prefix`` from ``start_revision`` on, as server-sent events;
+        an ``event: compacted`` (data: the compacted revision) means re-list and watch again."""
+        prefix = self._store_prefix(request)
+        start = _int_query(request, "start_revision", 0)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        await response.write(b": watching\n\n")
+        try:
+            async for change in self.store.watch(prefix, start):
+                data = json.dumps({"type": change.type, "kv": _kv_dict(change.kv)})
+                await response.write(f"data: {data}\n\n".encode())
+        except Compacted as exc:
+            await response.write(f"event: compacted\ndata: {exc.revision}\n\n".encode())
+        return response
+
     async def backup(self, request: web.Request) -> web.StreamResponse:
         backup = getattr(self.store, "backup", None)
         if backup is None:
@@ -625,6 +784,16 @@ class Api:
 def msgspec_to_dict(record: Any) -> dict[str, Any]:
     result: dict[str, Any] = msgspec.to_builtins(record)
     return result
+
+
+def _kv_dict(kv: Any) -> dict[str, Any]:
+    return {
+        "key": kv.key,
+        "value": kv.value.decode("utf-8", "replace"),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+    }
 
 
 def _flag(request: web.Request, name: str) -> bool:

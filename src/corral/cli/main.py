@@ -76,6 +76,10 @@ def validate(manifest: str) -> None:
     """Check a manifest completely; exit 0 if valid, 2 with every problem listed if not."""
     loaded = _load(manifest)
     names = sorted(loaded.manifest.services)
+    if loaded.manifest.gateway is not None:
+        from corral.control.gateway_config import validate as validate_gateway
+
+        validate_gateway(loaded.manifest.gateway, set(names), loaded.source)
     render.out.print(f"[green]✓[/] {loaded.path}: {len(names)} service(s): {', '.join(names)}")
 
 
@@ -140,6 +144,14 @@ def _tail(path: Path, lines: int) -> str:
         return "(no log)"
 
 
+def _print_apply(result: dict[str, Any]) -> None:
+    for name in result.get("discarded_live_edits") or []:
+        render.out.print(f"  [yellow]discards[/] the live edit of gateway route {name}")
+    _print_changes(result["changes"])
+    if result.get("gateway"):
+        render.out.print(f"  gateway   {result['gateway']}")
+
+
 def _print_changes(changes: dict[str, str]) -> None:
     for name in sorted(changes):
         verb = changes[name]
@@ -160,7 +172,7 @@ def wait_ready(client: Client, timeout: float) -> tuple[bool, list[dict[str, Any
     deadline = time.monotonic() + timeout
     services: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        services = client.request("GET", "/services")
+        services = client.request("GET", "/services", query={"system": 1})
         ok, _ = _settled(services)
         if ok:
             return True, services
@@ -170,6 +182,12 @@ def wait_ready(client: Client, timeout: float) -> tuple[bool, list[dict[str, Any
 
 def _endpoints(client: Client) -> list[str]:
     lines = []
+    try:
+        gateway = client.request("GET", "/gateway/config")
+        listen = gateway["config"].get("listen", "")
+        lines.append(f"  {'gateway':<12} http://{listen}/   ← open this")
+    except CorralError:
+        pass
     instances = client.request("GET", "/instances")
     seen: set[str] = set()
     for i in instances:
@@ -192,7 +210,7 @@ def up(manifest: str, detach: bool, timeout: float, message: str) -> None:
     home = _home()
     client = ensure_server(home)
     result = client.request("POST", "/apply", _manifest_body(loaded, message))
-    _print_changes(result["changes"])
+    _print_apply(result)
     if detach:
         ok, services = wait_ready(client, timeout)
         if ok:
@@ -250,7 +268,7 @@ def apply(manifest: str, message: str) -> None:
     """Apply a changed manifest to the running platform."""
     loaded = _load(manifest)
     result = _client().request("POST", "/apply", _manifest_body(loaded, message))
-    _print_changes(result["changes"])
+    _print_apply(result)
 
 
 @cli.command()
@@ -508,6 +526,86 @@ def schema() -> None:
 
 
 cli.add_command(gateway_group)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def routes(as_json: bool) -> None:
+    """The gateway's live routes (config version, source)."""
+    view = _client().request("GET", "/gateway/config")
+    if as_json:
+        render.write(json.dumps(view, indent=2))
+        return
+    render.routes(view)
+
+
+@cli.group()
+def route() -> None:
+    """Read and edit the gateway's live routes (each change is a new config version)."""
+
+
+@route.command("get")
+@click.argument("name")
+def route_get(name: str) -> None:
+    render.write(yaml.safe_dump(_client().request("GET", f"/gateway/routes/{name}")).rstrip())
+
+
+@route.command("set")
+@click.argument("name")
+@click.argument("file", required=False, type=click.Path())
+@click.option("--service", default=None, help="Target service (platform mode).")
+@click.option("--prefix", "path_prefix", default=None, help="match.path_prefix")
+@click.option("--path", default=None, help="match.path (exact)")
+@click.option("--host", default=None, help="match.host")
+@click.option("--priority", default=None, type=int)
+@click.option("--dry-run", is_flag=True, help="Validate only; change nothing.")
+def route_set(
+    name: str,
+    file: str | None,
+    service: str | None,
+    path_prefix: str | None,
+    path: str | None,
+    host: str | None,
+    priority: int | None,
+    dry_run: bool,
+) -> None:
+    """Create or replace route NAME from FILE (YAML; - for stdin) or from the options."""
+    body: dict[str, Any] = {}
+    if file:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+        loaded = yaml.safe_load(text)
+        if not isinstance(loaded, dict):
+            raise UserError(f"{file}: a route is a mapping", "name: …, match: …, service: …")
+        body = loaded
+    match = dict(body.get("match") or {})
+    for key, value in (("path_prefix", path_prefix), ("path", path), ("host", host)):
+        if value is not None:
+            match[key] = value
+    if match:
+        body["match"] = match
+    if service is not None:
+        body["service"] = service
+    if priority is not None:
+        body["priority"] = priority
+    body["name"] = name
+    query = "?dry_run=1" if dry_run else ""
+    result = _client().request("PUT", f"/gateway/routes/{name}{query}", body)
+    verb = "valid (dry run; nothing changed)" if dry_run else f"set: config v{result['version']}"
+    render.out.print(f"route {name} {verb}")
+
+
+@route.command("delete")
+@click.argument("name")
+def route_delete(name: str) -> None:
+    result = _client().request("DELETE", f"/gateway/routes/{name}")
+    render.out.print(f"route {name} deleted: config v{result['version']}")
+
+
+@route.command("rollback")
+def route_rollback() -> None:
+    """Return the gateway to its previous config version (as a new version)."""
+    result = _client().request("POST", "/gateway/rollback")
+    render.out.print(f"gateway config v{result['version']}")
 
 
 def main() -> None:

@@ -166,3 +166,23 @@ def rollout(state: dict[str, Any]) -> None:
         out.print(f"  rollback target: v{state['stable_release']}")
     if state.get("reason"):
         out.print(f"  reason:   {state['reason']}", markup=False)
+
+
+def routes(view: dict[str, Any]) -> None:
+    config = view["config"]
+    live = view.get("live") or {}
+    stale = " [red](stale: the gateway lost the control plane)[/]" if live.get("stale") else ""
+    out.print(
+        f"gateway on {config.get('listen')} — config v{view['version']} from {view['source']}"
+        + (f", serving v{live.get('version')}" if live.get("version") else "")
+        + stale
+    )
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ROUTE", "MATCH", "TARGET", "PRIORITY"):
+        table.add_column(column)
+    for r in config.get("routes", []):
+        match = r.get("match") or {}
+        text = " ".join(f"{k}={v}" for k, v in sorted(match.items())) or "*"
+        target = r.get("service") or ", ".join(str(u) for u in r.get("upstreams", []))
+        table.add_row(r["name"], text, target, str(r.get("priority", 0)))
+    out.print(table)

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from corral import clock, model
-from corral.control import events, releases
+from corral.control import events, gateway_config, releases
 from corral.control.rollout import template_digest
 from corral.errors import Conflict
+from corral.gateway.config import GatewayConfig
 from corral.manifest import LoadedManifest, service_record
 from corral.store.base import Compare, Op, Put, Store
 
@@ -24,6 +25,8 @@ from corral.store.base import Compare, Op, Put, Store
 class ApplyResult:
     changes: dict[str, str] = field(default_factory=dict)  # service → created/updated/…
     revision: int = 0
+    gateway: str = ""  # "", "created", "updated", "unchanged", "removed"
+    discarded_live_edits: list[str] = field(default_factory=list)  # route names
 
 
 def _desired(new: model.ServiceRecord, old: model.ServiceRecord | None) -> int:
@@ -36,10 +39,20 @@ def _desired(new: model.ServiceRecord, old: model.ServiceRecord | None) -> int:
 
 
 async def apply_manifest(
-    store: Store, loaded: LoadedManifest, message: str = "", user: str = ""
+    store: Store,
+    loaded: LoadedManifest,
+    message: str = "",
+    user: str = "",
+    home: Path | None = None,
 ) -> ApplyResult:
+    # The gateway section is checked whole before anything changes, like the services.
+    gateway = None
+    if loaded.manifest.gateway is not None:
+        gateway = gateway_config.validate(
+            loaded.manifest.gateway, set(loaded.manifest.services), loaded.source
+        )
     for _attempt in range(5):
-        result = await _apply_once(store, loaded, message, user)
+        result = await _apply_once(store, loaded, message, user, gateway, home or Path.cwd())
         if result is not None:
             return result
     raise Conflict(
@@ -49,7 +62,12 @@ async def apply_manifest(
 
 
 async def _apply_once(
-    store: Store, loaded: LoadedManifest, message: str, user: str
+    store: Store,
+    loaded: LoadedManifest,
+    message: str,
+    user: str,
+    gateway: GatewayConfig | None,
+    home: Path,
 ) -> ApplyResult | None:
     listing = await store.range(model.SERVICES)
     current = {
@@ -137,6 +155,21 @@ async def _apply_once(
         new_events.append(
             events.make(name, "service", "removed from the manifest: stopping", service=name)
         )
+    declared = gateway_config.normalized(gateway) if gateway is not None else None
+    result.discarded_live_edits = await gateway_config.live_edits_discarded(store, declared)
+    _, live_gw = await gateway_config.read(store)
+    gw_compares, gw_ops, gw_record = await gateway_config.change_ops(
+        store, gateway, source="manifest", home=home, message=message
+    )
+    compares += gw_compares
+    ops += gw_ops
+    if gateway is None:
+        result.gateway = "removed" if live_gw is not None else ""
+    elif live_gw is None:
+        result.gateway = "created"
+    else:
+        changed = gw_record is not None and gw_record.version != live_gw.version
+        result.gateway = "updated" if changed else "unchanged"
     if not ops:
         result.revision = listing.revision
         return result

@@ -360,6 +360,8 @@ def _plan_running(
             out, record, rollout if active else None, counted, present, can_start, now
         )
         rolling_kind = rollout.kind if rollout is not None and active else "update"
+        if rollout is not None and active and rollout.from_release == 0:
+            rolling_kind = None  # a first release is provisioning, not an update
     else:
         if record.mode == "pet":
             keep = _scale_pets(out, record, counted, present, can_start)

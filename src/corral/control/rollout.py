@@ -116,9 +116,11 @@ def decide(
 ) -> Decision:
     policy = record.update
     decision = Decision()
+    # A service's first release replaces nothing: it is done once its instances are in run.
+    min_healthy = 0.0 if rollout is not None and rollout.from_release == 0 else policy.min_healthy
     healthy = 0
     for observed in current:
-        at = healthy_at(observed, policy.min_healthy)
+        at = healthy_at(observed, min_healthy)
         if at is not None and at <= now:
             healthy += 1
         elif at is not None:
