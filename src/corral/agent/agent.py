@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from corral.agent.health import (
     Unroutable,
 )
 from corral.control import backoff, events, lifecycle, state
+from corral.control.system import COLLECTOR
 from corral.errors import Compacted
 from corral.home import Home
 from corral.manifest.expand import expand
@@ -232,6 +234,7 @@ class Agent:
             platform["PORT"] = str(next(iter(spec.ports.values())))
             for name, port in spec.ports.items():
                 platform[f"PORT_{name.upper().replace('-', '_')}"] = str(port)
+        platform.update(self._telemetry_env(spec))
         if spec.ordinal is not None:
             platform["DATA_DIR"] = str(self.home.data_dir(spec.id))
             platform["CORRAL_ORDINAL"] = str(spec.ordinal)
@@ -249,6 +252,35 @@ class Agent:
             else:
                 env[key] = expand(_env_text(value), env)
         env.update(platform)  # the platform's own variables cannot be overridden
+        return env
+
+    def _telemetry_env(self, spec: model.InstanceSpec) -> dict[str, str]:
+        """OpenTelemetry settings pointing at the platform's collector, with the resource
+        attributes only the platform knows. Instances get the ingest token, never another."""
+        collector = next(
+            (s for s in self.specs.values() if s.service == COLLECTOR and s.ports), None
+        )
+        if collector is None or spec.service == COLLECTOR:
+            return {}
+        url = f"http://127.0.0.1:{next(iter(collector.ports.values()))}"
+        env = {
+            "OTEL_SERVICE_NAME": spec.service,
+            "OTEL_RESOURCE_ATTRIBUTES": ",".join(
+                [
+                    f"service.instance.id={spec.id}",
+                    f"deployment.release=v{spec.release}",
+                    f"host.name={socket.gethostname()}",
+                    f"corral.node={spec.node}",
+                ]
+            ),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_ZIPKIN_ENDPOINT": f"{url}/api/v2/spans",
+            "CORRAL_COLLECTOR": url,
+        }
+        token = self.home.token("ingest")
+        if token:
+            env["OTEL_EXPORTER_OTLP_HEADERS"] = f"authorization=Bearer%20{token}"
         return env
 
     async def _dependency_env(self, release_spec: Mapping[str, Any]) -> dict[str, str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
@@ -26,7 +27,14 @@ from corral.control import events, gateway_config, releases
 from corral.control.diff import spec_changes as diff_specs
 from corral.control.diff import summary as change_summary
 from corral.control.rollout import template_digest
-from corral.errors import Compacted, CorralError, Forbidden, NotFound, UserError
+from corral.errors import (
+    Compacted,
+    CorralError,
+    Forbidden,
+    NotFound,
+    PlatformUnavailable,
+    UserError,
+)
 from corral.home import Home
 from corral.manifest import service_record, validate_manifest_data
 from corral.runtime import logs as logfiles
@@ -58,6 +66,7 @@ class Api:
         self.home = home
         self.tokens = tokens
         self.on_shutdown = on_shutdown
+        self._http: aiohttp.ClientSession | None = None
         self.routes = [
             Route("GET", "/api/v1/health", self.health, "Liveness of the control plane"),
             Route("GET", "/api/v1/openapi.json", self.openapi, "This API's OpenAPI document"),
@@ -90,9 +99,14 @@ class Api:
             Route("PUT", "/api/v1/gateway/routes/{name}", self.route_put, "Replace a route"),
             Route("DELETE", "/api/v1/gateway/routes/{name}", self.route_delete, "Delete a route"),
             Route("POST", "/api/v1/gateway/rollback", self.gateway_rollback, "Previous config"),
+            Route("GET", "/api/v1/telemetry/{query:.+}", self.telemetry, "Telemetry queries"),
             Route("GET", "/api/v1/store/range", self.store_range, "Read keys under a prefix"),
             Route("GET", "/api/v1/store/watch", self.store_watch, "Follow changes (SSE)"),
         ]
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=8 << 20)
@@ -726,6 +740,36 @@ class Api:
             lambda _config: dict(previous.config),
             f"rolled back to the config of v{previous.version}",
         )
+
+    async def telemetry(self, request: web.Request) -> web.StreamResponse:
+        """Front the collector's queries (it is its own process, so heavy ingest never delays
+        this API): traces, dependencies, latency, top, slow-sql."""
+        try:
+            base = (self.home.path / "collector").read_text().strip()
+        except FileNotFoundError:
+            raise PlatformUnavailable(
+                "the telemetry collector is not running",
+                "`corral ps --system` shows corral-collector; see its logs",
+            ) from None
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        token = self.tokens.get("read", "")
+        url = f"{base}/telemetry/{request.match_info['query']}"
+        try:
+            async with self._http.get(
+                url, params=request.query, headers={"Authorization": f"Bearer {token}"}
+            ) as upstream:
+                body = await upstream.read()
+                return web.Response(
+                    body=body,
+                    status=upstream.status,
+                    content_type=upstream.content_type,
+                )
+        except aiohttp.ClientError as exc:
+            raise PlatformUnavailable(
+                f"the telemetry collector at {base} does not answer ({exc})",
+                "`corral ps --system` shows corral-collector",
+            ) from None
 
     @staticmethod
     def _store_prefix(request: web.Request) -> str:

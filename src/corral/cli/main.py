@@ -608,6 +608,68 @@ def route_rollback() -> None:
     render.out.print(f"gateway config v{result['version']}")
 
 
+@cli.command()
+@click.option("--service", default=None, help="Only traces through this service.")
+@click.option("--endpoint", default=None, help="Only this endpoint (route template).")
+@click.option("--min-duration", "min_ms", type=float, default=None, help="Milliseconds.")
+@click.option("--error", is_flag=True, help="Only traces with an error.")
+@click.option("--minutes", default=15, show_default=True, help="How far back.")
+@click.option("-n", "--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def traces(
+    service: str | None,
+    endpoint: str | None,
+    min_ms: float | None,
+    error: bool,
+    minutes: int,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Search traces (newest first)."""
+    query: dict[str, Any] = {"minutes": minutes, "limit": limit}
+    if service:
+        query["service"] = service
+    if endpoint:
+        query["endpoint"] = endpoint
+    if min_ms is not None:
+        query["min_duration_us"] = int(min_ms * 1000)
+    if error:
+        query["error"] = "true"
+    result = _client().request("GET", "/telemetry/traces", query=query)
+    render.json_or_table(result, as_json, "traces")
+
+
+@cli.command()
+@click.argument("trace_id")
+@click.option("--json", "as_json", is_flag=True)
+def trace(trace_id: str, as_json: bool) -> None:
+    """One trace as a waterfall."""
+    result = _client().request("GET", f"/telemetry/trace/{trace_id}")
+    render.json_or_table(result, as_json, "trace")
+
+
+@cli.command()
+@click.option("--minutes", default=60, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def deps(minutes: int, as_json: bool) -> None:
+    """The service dependency map: calls, errors and latency per edge."""
+    result = _client().request("GET", "/telemetry/dependencies", query={"minutes": minutes})
+    render.json_or_table(result, as_json, "deps")
+
+
+@cli.command()
+@click.option("--by", type=click.Choice(["calls", "p95", "hotspot", "errors"]), default="hotspot")
+@click.option("--group", type=click.Choice(["endpoint", "service"]), default="endpoint")
+@click.option("--minutes", default=5, show_default=True)
+@click.option("-n", default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def top(by: str, group: str, minutes: int, n: int, as_json: bool) -> None:
+    """TOP-N endpoints or services by calls, p95 latency or hotspot (total time)."""
+    query = {"by": by, "group": group, "minutes": minutes, "n": n}
+    result = _client().request("GET", "/telemetry/top", query=query)
+    render.json_or_table(result, as_json, "top")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

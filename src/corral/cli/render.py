@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 from typing import Any
 
@@ -186,3 +187,29 @@ def routes(view: dict[str, Any]) -> None:
         target = r.get("service") or ", ".join(str(u) for u in r.get("upstreams", []))
         table.add_row(r["name"], text, target, str(r.get("priority", 0)))
     out.print(table)
+
+
+def json_or_table(result: Any, as_json: bool, kind: str) -> None:
+    """Telemetry answers: JSON as asked, else a compact table of the rows it holds."""
+    if as_json:
+        write(json.dumps(result, indent=2))
+        return
+    rows = result
+    if isinstance(result, dict):
+        rows = next((v for v in result.values() if isinstance(v, list)), [result])
+    if not isinstance(rows, list) or not rows:
+        out.print(f"no {kind} in this window")
+        return
+    columns = [k for k, v in rows[0].items() if not isinstance(v, dict | list)][:8]
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column.upper())
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "-" if value is None else str(value)
