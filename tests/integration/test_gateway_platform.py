@@ -95,11 +95,11 @@ def test_live_route_edits_apply_at_once_and_apply_reports_what_it_discards(
     assert get(port, "/api/a")[1].startswith("api-")
     edited = platform.client.request("PUT", "/gateway/routes/api", route)
     assert edited["version"] == 2
-    platform.wait_for(lambda: get(port, "/api/a")[1].startswith("web-"), timeout=1.5)
+    platform.wait_for(lambda: get(port, "/api/a")[1].startswith("web-"), timeout=3.0)
     result = platform.apply_text(manifest(app, port, instances=1))
     assert result["discarded_live_edits"] == ["api"] and result["gateway"] == "updated"
-    platform.wait_for(lambda: get(port, "/api/a")[1].startswith("api-"), timeout=1.5)
+    platform.wait_for(lambda: get(port, "/api/a")[1].startswith("api-"), timeout=3.0)
     platform.client.request("DELETE", "/gateway/routes/api")
-    platform.wait_for(lambda: get(port, "/api/a")[1].startswith("web-"), timeout=1.5)
+    platform.wait_for(lambda: get(port, "/api/a")[1].startswith("web-"), timeout=3.0)
     rolled = platform.client.request("POST", "/gateway/rollback")
     assert rolled["routes"] == ["api", "web"]

@@ -21,7 +21,7 @@ import msgspec
 
 from corral import clock, model
 from corral.control import events
-from corral.control.rollout import template_digest
+from corral.control.system import record_ops, system_record
 from corral.errors import Conflict, NotFound, Problem, UserError
 from corral.gateway.config import GatewayConfig, parse_address, validate_gateway_data
 from corral.store.base import Compare, Delete, Op, Put, Store
@@ -93,18 +93,7 @@ def system_service(config: GatewayConfig, home: Path, release: int) -> model.Ser
         "stop": {"signal": "SIGTERM", "grace": 15.0, "drain": 0.0},
         "restart": {"backoff": {"initial": 0.5, "max": 10.0, "reset_after": 600.0}},
     }
-    return model.ServiceRecord(
-        name=SERVICE,
-        release=release,
-        desired=1,
-        min=1,
-        max=1,
-        system=True,
-        spec=spec,
-        digest=template_digest(spec),
-        drain=0.0,
-        update=model.UpdatePolicy(strategy="recreate", min_healthy=0.0),
-    )
+    return system_record(SERVICE, spec, release)
 
 
 async def change_ops(
@@ -162,22 +151,7 @@ async def change_ops(
     if svc is None or svc.stopping or svc.digest != wanted.digest:
         if svc is not None and svc.digest == wanted.digest:
             wanted.release = svc.release
-        ops.append(Put(model.SERVICES + SERVICE, model.encode(wanted)))
-        ops.append(
-            Put(
-                model.release_key(SERVICE, wanted.release),
-                model.encode(
-                    model.Release(
-                        service=SERVICE,
-                        number=wanted.release,
-                        spec=wanted.spec,
-                        created_at=now,
-                        digest=wanted.digest,
-                        message="gateway listener",
-                    )
-                ),
-            )
-        )
+        ops += record_ops(wanted, "gateway listener")
     return compares, ops, record
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from corral import clock, model
 from corral.control.rollout import template_digest
-from corral.store.base import Compare, Put, Store
+from corral.store.base import Compare, Op, Put, Store
 
 COLLECTOR = "corral-collector"
 
@@ -38,39 +38,46 @@ def collector_spec(home: Path) -> dict[str, Any]:
     }
 
 
-async def ensure_collector(store: Store, home: Path) -> None:
-    spec = collector_spec(home)
-    digest = template_digest(spec)
-    key = model.SERVICES + COLLECTOR
-    kv = await store.get(key)
-    old = model.decode(kv.value, model.ServiceRecord) if kv else None
-    if old is not None and old.digest == digest and not old.stopping:
-        return
-    release = (old.release if old else 0) + 1
-    record = model.ServiceRecord(
-        name=COLLECTOR,
+def system_record(name: str, spec: dict[str, Any], release: int) -> model.ServiceRecord:
+    """A platform service: one instance, replaced (not surged) when its template changes."""
+    return model.ServiceRecord(
+        name=name,
         release=release,
         desired=1,
         min=1,
         max=1,
         system=True,
         spec=spec,
-        digest=digest,
+        digest=template_digest(spec),
         drain=0.0,
         update=model.UpdatePolicy(strategy="recreate", min_healthy=0.0),
     )
-    release_record = model.Release(
-        service=COLLECTOR,
-        number=release,
-        spec=spec,
+
+
+def record_ops(record: model.ServiceRecord, message: str) -> list[Op]:
+    """Write ``record`` and its release."""
+    release = model.Release(
+        service=record.name,
+        number=record.release,
+        spec=record.spec,
         created_at=clock.wall(),
-        digest=digest,
-        message="telemetry collector",
+        digest=record.digest,
+        message=message,
     )
+    return [
+        Put(model.SERVICES + record.name, model.encode(record)),
+        Put(model.release_key(record.name, record.release), model.encode(release)),
+    ]
+
+
+async def ensure_collector(store: Store, home: Path) -> None:
+    key = model.SERVICES + COLLECTOR
+    kv = await store.get(key)
+    old = model.decode(kv.value, model.ServiceRecord) if kv else None
+    record = system_record(COLLECTOR, collector_spec(home), (old.release if old else 0) + 1)
+    if old is not None and old.digest == record.digest and not old.stopping:
+        return
     await store.txn(
         [Compare(key, "mod_revision", "==", kv.mod_revision if kv else 0)],
-        [
-            Put(key, model.encode(record)),
-            Put(model.release_key(COLLECTOR, release), model.encode(release_record)),
-        ],
+        record_ops(record, "telemetry collector"),
     )
