@@ -38,6 +38,17 @@ PURE_MODULES = [
     "corral.telemetry.normalize",
     "corral.telemetry.rollup",
     "corral.telemetry.model",
+    "corral.consensus",
+    "corral.consensus.messages",
+    "corral.consensus.storage",
+    "corral.consensus.log",
+    "corral.consensus.progress",
+    "corral.consensus.readonly",
+    "corral.consensus.config",
+    "corral.consensus.core",
+    "corral.sim.network",
+    "corral.sim.disk",
+    "corral.sim.linearizability",
 ]
 
 FORBIDDEN_MODULES = {

@@ -12,7 +12,7 @@ import sys
 import typing
 from collections.abc import Callable, Sequence
 
-from corral.sim import reconcile
+from corral.sim import raft, reconcile
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -20,6 +20,23 @@ def _reconcile(args: argparse.Namespace) -> int:
     result = reconcile.run(args.seed, reconcile.Options(**fields))
     sys.stdout.write(result.report() + "\n")
     return 0 if result.ok else 1
+
+
+def _raft(args: argparse.Namespace) -> int:
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(raft.Options)}
+    result = raft.run(args.seed, raft.Options(**fields))
+    sys.stdout.write(result.report() + "\n")
+    return 0 if result.ok else 1
+
+
+def _flag(text: str) -> bool:
+    """``bool("False")`` is True: read replay-line booleans the way people write them."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _add_options(parser: argparse.ArgumentParser, options: type[object]) -> None:
@@ -31,7 +48,7 @@ def _add_options(parser: argparse.ArgumentParser, options: type[object]) -> None
         choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
-            type=type(default),
+            type=_flag if isinstance(default, bool) else type(default),
             default=default,
             choices=choices,
             help=f"default {default}",
@@ -40,6 +57,7 @@ def _add_options(parser: argparse.ArgumentParser, options: type[object]) -> None
 
 ENGINES: dict[str, tuple[type[object], Callable[[argparse.Namespace], int], str]] = {
     "reconcile": (reconcile.Options, _reconcile, "planner + work queue + simulated agent"),
+    "raft": (raft.Options, _raft, "Raft cluster on a faulty network and disks"),
 }
 
 
