@@ -204,3 +204,55 @@ def test_rollback_to_a_chosen_release_and_diff_before_apply(
         missing.request("POST", "/services/web/rollback", {"to": 9})
     os.kill(platform.running("web")[0]["pid"], signal.SIGKILL)  # still self-heals after all
     platform.wait_for(lambda: platform.ready("web") == 1)
+
+
+def test_a_rolling_update_through_the_gateway_fails_no_request(
+    platform: Platform, tmp_path: Path
+) -> None:
+    import socket
+    import threading
+    import urllib.error
+    import urllib.request
+
+    app = write_app(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    gateway = (
+        f"gateway:\n  listen: 127.0.0.1:{port}\n"
+        "  routes:\n    - {name: web, match: {path_prefix: /}, service: web}\n"
+    )
+    platform.apply_text(web(app, "1") + gateway)
+    platform.wait_for(lambda: platform.ready("web") == 3)
+
+    def ok() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    platform.wait_for(ok, what="the gateway to serve")
+    results: list[bool] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set() and len(results) < 20_000:  # bounded in count and time
+            results.append(ok())
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        platform.apply_text(web(app, "2") + gateway)
+        platform.wait_for(
+            lambda: rollout_done(platform) and releases_of(platform.instances("web")) == [2, 2, 2],
+            timeout=40,
+            what="the rollout to finish",
+        )
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert len(results) > 100
+    assert results.count(False) == 0, f"{results.count(False)} of {len(results)} requests failed"
