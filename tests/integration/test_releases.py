@@ -228,7 +228,7 @@ def test_a_rolling_update_through_the_gateway_fails_no_request(
     def ok() -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except (urllib.error.URLError, ConnectionError):
             return False
 
