@@ -67,6 +67,18 @@ class UpdatePolicy(msgspec.Struct, frozen=True):
     auto_promote: bool = False
 
 
+class AutoscalePolicy(msgspec.Struct, frozen=True):
+    """Scale ``desired`` between the record's ``min`` and ``max`` following one metric
+    (manifest ``autoscale:``; see ``corral.control.autoscale``). ``target`` is a fraction of
+    the CPU limit for cpu (0.7 for 70 %), requests per second per instance for rps, seconds
+    for latency_p95."""
+
+    metric: Literal["cpu", "rps", "latency_p95"]
+    target: float
+    period: float = 15.0
+    scale_down_window: float = 300.0
+
+
 class Dependency(msgspec.Struct, frozen=True):
     service: str
     condition: Condition = "healthy"
@@ -92,6 +104,7 @@ class ServiceRecord(msgspec.Struct):
     update: UpdatePolicy = UpdatePolicy()
     disruption: int = 1  # voluntary operations take at most this many out of `run` at once
     drain: float = 1.0  # seconds out of routing before the stop signal (updates, scale-in)
+    autoscale: AutoscalePolicy | None = None  # the autoscaler moves `desired` within min..max
 
 
 class Release(msgspec.Struct):

@@ -19,7 +19,9 @@ import sys
 from aiohttp import web
 
 from corral.agent.agent import Agent
+from corral.agent.usage import CpuUsage
 from corral.api.server import Api
+from corral.control.autoscaler import Autoscaler
 from corral.control.reconciler import Reconciler
 from corral.control.system import ensure_collector
 from corral.home import Home
@@ -51,12 +53,15 @@ async def serve(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
     store = await SQLiteStore.open(home.store_path)
     agent = Agent(store, home)
     reconciler = Reconciler(store, endpoints_file=home.path / "endpoints.json")
+    # rps and latency sources plug in here once the gateway publishes its counters.
+    autoscaler = Autoscaler(store, {"cpu": CpuUsage(home.instances_dir)})
     runner: web.AppRunner | None = None
     api: Api | None = None
     try:
         await agent.start()
         await ensure_collector(store, home.path)
         await reconciler.start()
+        await autoscaler.start()
         api = Api(store, home, tokens, on_shutdown=stop.set)
         runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -81,6 +86,7 @@ async def serve(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
             await runner.cleanup()
         if api is not None:
             await api.close()
+        await autoscaler.close()
         await reconciler.close()
         await agent.close()
         await store.close()

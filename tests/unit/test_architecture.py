@@ -29,6 +29,7 @@ PURE_MODULES = [
     "corral.sim.reconcile",
     "corral.control.rollout",
     "corral.control.diff",
+    "corral.control.autoscale",
     "corral.gateway.router",
     "corral.gateway.lb",
     "corral.gateway.outlier",

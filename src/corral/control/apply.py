@@ -196,13 +196,10 @@ def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _same_policy(a: model.ServiceRecord, b: model.ServiceRecord) -> bool:
-    return (a.min, a.max, a.update, a.disruption, a.drain) == (
-        b.min,
-        b.max,
-        b.update,
-        b.disruption,
-        b.drain,
-    )
+    def policy(r: model.ServiceRecord) -> tuple[object, ...]:
+        return (r.min, r.max, r.update, r.disruption, r.drain, r.autoscale)
+
+    return policy(a) == policy(b)
 
 
 async def _stable_release(store: Store, name: str) -> int:

@@ -41,7 +41,7 @@ Observed = tuple[model.InstanceSpec, model.InstanceStatus | None]
 
 # Parts of a release that say how to run a rollout or how many instances to run, not what an
 # instance is: changing them replaces no instance.
-NOT_TEMPLATE = frozenset({"instances", "update", "disruption", "history"})
+NOT_TEMPLATE = frozenset({"instances", "update", "disruption", "history", "autoscale"})
 
 
 def template_of(spec: dict[str, Any]) -> dict[str, Any]:

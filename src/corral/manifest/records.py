@@ -15,10 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from corral.manifest.load import validate_service_data
-from corral.manifest.schema import SecretRef, Service
-from corral.model import BackoffPolicy, Dependency, ServiceRecord, UpdatePolicy
+from corral.manifest.schema import Autoscale, SecretRef, Service
+from corral.model import (
+    AutoscalePolicy,
+    BackoffPolicy,
+    Dependency,
+    ServiceRecord,
+    UpdatePolicy,
+)
 
-__all__ = ["secret_references", "service_record", "service_spec", "spec_from_dict"]
+__all__ = [
+    "autoscale_policy",
+    "secret_references",
+    "service_record",
+    "service_spec",
+    "spec_from_dict",
+]
 
 
 def service_spec(name: str, service: Service, base_dir: Path) -> dict[str, Any]:
@@ -81,6 +93,21 @@ def service_record(
         ),
         disruption=service.disruption.max_unavailable,
         drain=service.stop.drain,
+        autoscale=autoscale_policy(service.autoscale),
+    )
+
+
+def autoscale_policy(autoscale: Autoscale | None) -> AutoscalePolicy | None:
+    """The stored policy: a cpu target ``"70%"`` becomes the fraction 0.7."""
+    if autoscale is None:
+        return None
+    target = autoscale.target
+    value = float(target.rstrip("%")) / 100.0 if isinstance(target, str) else float(target)
+    return AutoscalePolicy(
+        metric=autoscale.metric,
+        target=value,
+        period=autoscale.period,
+        scale_down_window=autoscale.scale_down_window,
     )
 
 

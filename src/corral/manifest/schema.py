@@ -33,6 +33,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -46,6 +47,7 @@ from corral.manifest.units import UnitError, parse_duration, parse_size
 __all__ = [
     "SCALE_LIMIT",
     "SIGNALS",
+    "Autoscale",
     "Backoff",
     "Health",
     "InstanceRange",
@@ -618,6 +620,86 @@ class InstanceRange(_Model):
         return self
 
 
+# The metrics an autoscale policy can follow: cpu per instance (a fraction of its CPU limit, or
+# of one core without one), requests per second per instance, and p95 latency.
+AutoscaleMetric = Literal["cpu", "rps", "latency_p95"]
+
+
+def _autoscale_target(value: object, info: ValidationInfo) -> object:
+    """cpu: a percentage (``70%``; a bare number is percent too), kept as ``"70%"`` so a stored
+    spec validates back to itself; rps: a number per instance; latency_p95: a duration."""
+    metric = info.data.get("metric", "cpu")
+    if isinstance(value, bool):
+        raise problem(f"expected a target, got {describe(value)}", _TARGET_HINTS.get(metric, ""))
+    if metric == "cpu":
+        text = str(value).strip() if isinstance(value, int | float | str) else None
+        number = text[:-1].strip() if text and text.endswith("%") else text
+        try:
+            percent = float(number) if number is not None else None
+        except ValueError:
+            percent = None
+        if percent is None or not 0 < percent < float("inf"):
+            raise problem(
+                f"expected a cpu percentage above 0, got {describe(value)}", _TARGET_HINTS["cpu"]
+            )
+        if not (isinstance(value, str) and value.strip().endswith("%")) and percent <= 1:
+            raise problem(
+                f"a cpu target of {value} reads as {percent:g} %, not {percent * 100:g} %",
+                f"write the percentage with its sign: target: {percent * 100:g}%",
+            )
+        return f"{percent:g}%"
+    if metric == "latency_p95":
+        seconds = _duration(value)
+        if seconds <= 0:
+            raise problem("the latency target must be above 0", _TARGET_HINTS["latency_p95"])
+        return seconds
+    if isinstance(value, int | float) and 0 < value < float("inf"):
+        return float(value)
+    raise problem(f"expected a number above 0, got {describe(value)}", _TARGET_HINTS["rps"])
+
+
+_TARGET_HINTS = {
+    "cpu": "e.g. target: 70% (of the instance's CPU limit, or of one core without one)",
+    "rps": "e.g. target: 100 (requests per second per instance)",
+    "latency_p95": "e.g. target: 250ms",
+}
+
+
+class Autoscale(_Model):
+    """Scale between ``instances: {min, max}`` following one metric (the Kubernetes HPA rule)."""
+
+    metric: AutoscaleMetric = Field(
+        default="cpu",
+        description="cpu (per instance, of its CPU limit or one core), rps (per instance) or "
+        "latency_p95",
+    )
+    target: Annotated[
+        float | str,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0},
+                    {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%$"},
+                    _DURATION_JSON,
+                ],
+                "description": "cpu: a percentage (70%); rps: a number per instance; "
+                "latency_p95: a duration (250ms)",
+            }
+        ),
+    ] = Field(description="the value the metric should stay near")
+    period: PositiveDuration = Field(default=15.0, description="time between evaluations")
+    scale_down_window: Duration = Field(
+        default=300.0,
+        description="scale in only to the highest recommendation seen over this long "
+        "(scaling out is immediate)",
+    )
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, value: object, info: ValidationInfo) -> object:
+        return _autoscale_target(value, info)
+
+
 def _instances_tag(value: object) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return "~count"
@@ -691,6 +773,35 @@ class Service(_Model):
     history: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=10, description="releases kept per service"
     )
+    autoscale: Autoscale | None = Field(
+        default=None,
+        description="scale between instances.min and instances.max following a metric",
+    )
+
+    @field_validator("autoscale")
+    @classmethod
+    def _autoscale_has_a_range(
+        cls, autoscale: Autoscale | None, info: ValidationInfo
+    ) -> Autoscale | None:
+        if autoscale is None:
+            return None
+        if info.data.get("kind") == "task":
+            raise problem(
+                "a task runs to completion and cannot be autoscaled",
+                "remove autoscale, or make it kind: service",
+            )
+        instances = info.data.get("instances")
+        if isinstance(instances, int):
+            raise problem(
+                f"autoscale needs a range to scale in, but instances is the count {instances}",
+                f"write instances: {{min: {max(1, instances)}, max: {max(2, instances * 2)}}}",
+            )
+        if isinstance(instances, InstanceRange) and instances.min < 1:
+            raise problem(
+                "autoscale needs instances.min of at least 1 (no instance, no metric)",
+                f"write instances: {{min: 1, max: {max(1, instances.max)}}}",
+            )
+        return autoscale
 
     @field_validator("ports")
     @classmethod
