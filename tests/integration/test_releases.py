@@ -256,3 +256,49 @@ def test_a_rolling_update_through_the_gateway_fails_no_request(
             t.join(10)
     assert len(results) > 100
     assert results.count(False) == 0, f"{results.count(False)} of {len(results)} requests failed"
+
+
+def test_a_release_runs_from_a_snapshot_of_its_source_and_rollback_restores_the_code(
+    platform: Platform, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "app.py").write_text(
+        "import http.server, os\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        body = open('version.txt', 'rb').read()\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n"
+        "    def log_message(self, *a): pass\n"
+        "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
+    )
+    (code / "version.txt").write_text("one")
+    manifest = (
+        "services:\n  web:\n"
+        f"    source: {code}\n"
+        f"    command: [{PY}, app.py]\n"
+        "    ports: {http: auto}\n"
+        "    update: {min_healthy: 200ms}\n"
+        "    stop: {drain: 0s, grace: 2s}\n"
+    )
+
+    def served() -> str:
+        running = platform.running("web")
+        if len(running) != 1:
+            return ""
+        with urllib.request.urlopen(f"http://127.0.0.1:{running[0]['port']}/", timeout=5) as r:
+            return str(r.read().decode())
+
+    platform.apply_text(manifest)
+    platform.wait_for(lambda: served() == "one")
+    (code / "version.txt").write_text("two")  # the user edits the code in place
+    assert served() == "one"  # the running release is a snapshot, not the live directory
+    assert platform.apply_text(manifest)["changes"] == {"web": "updated"}
+    platform.wait_for(lambda: rollout_done(platform) and served() == "two", timeout=20)
+    assert platform.apply_text(manifest)["changes"] == {"web": "unchanged"}
+    history = platform.client.request("GET", "/services/web/releases")
+    assert "artifact" in history[-1]["changes"]
+    platform.client.request("POST", "/services/web/rollback", {"to": 1})
+    platform.wait_for(lambda: served() == "one", timeout=20)  # code travels with the release

@@ -151,6 +151,7 @@ def test_a_minimal_service_gets_the_documented_defaults() -> None:
         "version": None,
         "command": ["./api"],
         "cwd": None,
+        "source": None,
         "env": {},
         "user": None,
         "ports": {},

@@ -406,6 +406,15 @@ class Api:
                 )
                 continue
             new = service_record(name, service, release=0, base_dir=loaded.base_dir)
+            if service.source is not None:
+                applying.attach_artifact(
+                    new.spec,
+                    service.source,
+                    service.cwd,
+                    loaded.base_dir,
+                    self.home.path,
+                    copy=False,
+                )
             changes = diff_specs(old.spec if old else None, new.spec)
             restarts = old is None or template_digest(
                 new.spec, old.restart_generation

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import clock, model
-from corral.control import events, gateway_config, releases
+from corral.control import artifacts, events, gateway_config, releases
 from corral.control.rollout import template_digest
 from corral.errors import Conflict
 from corral.gateway.config import GatewayConfig
@@ -88,6 +88,8 @@ async def _apply_once(
         release = (old.release + 1) if old else 1
         old_stable = await _stable_release(store, name)
         record = service_record(name, service, release=release, base_dir=loaded.base_dir)
+        if service.source is not None:
+            attach_artifact(record.spec, service.source, service.cwd, loaded.base_dir, home)
         record.restart_generation = old.restart_generation if old else 0
         record.digest = template_digest(record.spec, record.restart_generation)
         if old is not None and _same_spec(old.spec, record.spec):
@@ -193,6 +195,27 @@ def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
         return model.encode_value({k: v for k, v in spec.items() if k not in NOT_RELEASED})
 
     return released(a) == released(b)
+
+
+def attach_artifact(
+    spec: dict[str, Any],
+    source: str,
+    cwd: str | None,
+    base_dir: Path,
+    home: Path,
+    *,
+    copy: bool = True,
+) -> None:
+    """Point ``spec`` at the snapshot of its ``source:`` — taken now, or with ``copy=False``
+    only computed (``diff`` shows what apply would do without storing anything)."""
+    root = (base_dir / source).resolve()
+    if copy:
+        digest, path = artifacts.snapshot(root, home)
+    else:
+        digest = artifacts.digest_of(root)
+        path = home / "artifacts" / digest
+    spec["artifact"] = digest
+    spec["cwd"] = str((path / (cwd or ".")).resolve())
 
 
 def _same_policy(a: model.ServiceRecord, b: model.ServiceRecord) -> bool:

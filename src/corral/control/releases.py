@@ -11,6 +11,7 @@ change (a new release), never silently fought.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from corral import clock, model
 from corral.control import events, state
@@ -174,7 +175,7 @@ async def rollback(
         # the current scale stays, clamped into the old release's bounds.
         restored = service_record(
             service,
-            spec_from_dict(source.spec, name=service),
+            spec_from_dict(_manifest_fields(source.spec), name=service),
             release=number,
             base_dir=Path("/"),
             desired=record.desired,
@@ -210,6 +211,11 @@ async def rollback(
         if txn.succeeded:
             return release
     raise Conflict(f"service {service!r} kept changing during the rollback", "try again")
+
+
+def _manifest_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec minus what the platform added to it (the artifact it runs from)."""
+    return {k: v for k, v in spec.items() if k != "artifact"}
 
 
 def _history(record: model.ServiceRecord) -> int:

@@ -745,7 +745,15 @@ class Service(_Model):
         "would; ${VAR} expands from the instance's environment"
     )
     cwd: str | None = Field(
-        default=None, description="working directory, relative to the manifest's directory"
+        default=None,
+        description="working directory, relative to the manifest's directory (with source: "
+        "relative to the snapshot of source)",
+    )
+    source: str | None = Field(
+        default=None,
+        description="a directory (relative to the manifest) snapshotted into an immutable, "
+        "content-addressed artifact with each release; instances run from the artifact, so a "
+        "rollback restores code with config",
     )
     env: dict[Annotated[str, AfterValidator(_check_env_name)], EnvValue] = Field(
         default_factory=dict,
