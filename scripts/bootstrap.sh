@@ -26,6 +26,20 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ] || ! .venv/bin/python
   echo "$digest" > "$stamp"
 fi
 
+# Dashboard charts and graph (uPlot, Cytoscape.js) from the npm registry, pinned by the lock
+# file; without them the dashboard shows its tables only.
+vendor=src/corral/dashboard/vendor
+vdigest=$(sha256sum "$vendor/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$vendor/node_modules/.corral-installed" 2>/dev/null)" != "$vdigest" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "bootstrap: npm ci (dashboard charts)" >&2
+    (cd "$vendor" && npm ci --no-audit --no-fund --omit=dev --loglevel=error >/dev/null) \
+      && echo "$vdigest" > "$vendor/node_modules/.corral-installed"
+  else
+    echo "bootstrap: npm not found; the dashboard will show tables without charts" >&2
+  fi
+fi
+
 if [ "$want_test" = 1 ]; then
   # Real third-party programs the integration tests run as managed services.
   need=()
@@ -34,6 +48,7 @@ if [ "$want_test" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)       # bench/gateway.py
   command -v curl >/dev/null 2>&1 || need+=(curl)
   command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)   # dashboard browser tests
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "bootstrap: apt-get install ${need[*]}" >&2

@@ -30,6 +30,8 @@ PURE_MODULES = [
     "corral.control.rollout",
     "corral.control.diff",
     "corral.control.autoscale",
+    "corral.dashboard.render",
+    "corral.dashboard.session",
     "corral.gateway.router",
     "corral.gateway.lb",
     "corral.gateway.outlier",

@@ -429,6 +429,8 @@ class Agent:
             elif isinstance(action, Unroutable):
                 await self._set_phase(sup.spec, "ready", action.reason, "readiness_failed")
             elif isinstance(action, Kill):
+                if not _alive(sup.running.app_pid):
+                    return  # it died on its own: its exit, not the probe, is the reason
                 sup.kill_reason = action.reason
                 await events.record(
                     self.store,
@@ -625,6 +627,14 @@ class Agent:
 
 class LaunchFailure(Exception):
     """A start failure the user can fix (missing secret, port taken); becomes an ExitInfo."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def _env_text(value: object) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 
+from corral.dashboard import session
 from corral.errors import Forbidden, Unauthorized
 
 ROLE_RANK = {"ingest": 0, "read": 1, "admin": 2}
@@ -28,18 +29,28 @@ def role_of(header: str | None, tokens: Mapping[str, str]) -> str | None:
 
 
 def required_role(method: str, path: str) -> str | None:
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or not path.startswith("/api/"):
+        # The dashboard's pages check the session themselves so a browser gets a sign-in
+        # page rather than JSON (corral.dashboard.app); its static files hold no data.
         return None
     if method in ("GET", "HEAD"):
         return "read"
     return "admin"
 
 
-def authorize(method: str, path: str, header: str | None, tokens: Mapping[str, str]) -> None:
+def authorize(
+    method: str,
+    path: str,
+    header: str | None,
+    tokens: Mapping[str, str],
+    cookie: str | None = None,
+) -> None:
     need = required_role(method, path)
     if need is None:
         return
     role = role_of(header, tokens)
+    if role is None and method in ("GET", "HEAD") and session.grants_read(cookie, tokens):
+        role = "read"  # the dashboard's session cookie reads, and never writes
     if role is None:
         raise Unauthorized(
             "missing or unknown API token",

@@ -27,6 +27,8 @@ from corral.control import events, gateway_config, releases
 from corral.control.diff import spec_changes as diff_specs
 from corral.control.diff import summary as change_summary
 from corral.control.rollout import template_digest
+from corral.dashboard import app as dashboard
+from corral.dashboard import session
 from corral.errors import (
     Compacted,
     CorralError,
@@ -112,6 +114,7 @@ class Api:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=8 << 20)
         for route in self.routes:
             app.router.add_route(route.method, route.path, route.handler)
+        dashboard.setup(app, self)
         return app
 
     # -- middleware -------------------------------------------------------------------------
@@ -148,7 +151,11 @@ class Api:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         auth.authorize(
-            request.method, request.path, request.headers.get("Authorization"), self.tokens
+            request.method,
+            request.path,
+            request.headers.get("Authorization"),
+            self.tokens,
+            request.cookies.get(session.COOKIE),
         )
         return await handler(request)
 

@@ -188,6 +188,7 @@ def _endpoints(client: Client) -> list[str]:
         lines.append(f"  {'gateway':<12} http://{listen}/   ← open this")
     except CorralError:
         pass
+    lines.append(f"  {'dashboard':<12} {client.base_url}/   (`corral dashboard --open` signs in)")
     instances = client.request("GET", "/instances")
     seen: set[str] = set()
     for i in instances:
@@ -526,6 +527,22 @@ def schema() -> None:
 
 
 cli.add_command(gateway_group)
+
+
+@cli.command()
+@click.option("--open", "open_browser", is_flag=True, help="Open it in the default browser.")
+def dashboard(open_browser: bool) -> None:
+    """Print the dashboard's address; it signs the browser in with the read token."""
+    home = _home()
+    base = home.api_url()
+    if base is None or not home.is_locked():
+        raise PlatformUnavailable(f"no control plane is running for {home.path}", "corral up")
+    url = f"{base.rstrip('/')}/?token={home.token('read')}"
+    click.echo(url)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
 
 
 @cli.command()
