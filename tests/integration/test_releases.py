@@ -302,3 +302,25 @@ def test_a_release_runs_from_a_snapshot_of_its_source_and_rollback_restores_the_
     assert "artifact" in history[-1]["changes"]
     platform.client.request("POST", "/services/web/rollback", {"to": 1})
     platform.wait_for(lambda: served() == "one", timeout=20)  # code travels with the release
+
+
+def test_a_release_that_never_passes_readiness_is_rolled_back_at_its_healthy_deadline(
+    platform: Platform, tmp_path: Path
+) -> None:
+    app = write_app(tmp_path)
+    gate = tmp_path / "never-created"
+    platform.apply_text(web(app, "1", instances=1))
+    platform.wait_for(lambda: platform.ready("web") == 1)
+    broken = web(app, "2", instances=1).replace("healthy_deadline: 20s", "healthy_deadline: 2s")
+    broken = broken.replace("    stop:", f"    env: {{READY_FILE: {gate}}}\n    stop:")
+    platform.apply_text(broken)
+
+    def rolled_back() -> bool:
+        history = platform.client.request("GET", "/services/web/releases")
+        return len(history) == 3 and history[-1]["outcome"] == "complete"
+
+    platform.wait_for(rolled_back, timeout=20, what="the rollback after healthy_deadline")
+    history = platform.client.request("GET", "/services/web/releases")
+    assert "healthy_deadline" in history[1]["outcome"]
+    # The old instance served throughout; the never-ready one goes.
+    platform.wait_for(lambda: [i["release"] for i in platform.instances("web")] == [1])
