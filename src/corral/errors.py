@@ -19,7 +19,8 @@ prints them and exits with ``exit_code``.
     │   └── StoreCorrupt               500     3   a store file is damaged or incompatible
     ├── StartError                     500     2   an instance's command cannot start
     │   └── runtime.driver.StartFailed                 carries the instance's ExitInfo
-    └── control.lifecycle.ImpossibleTransition 500 1   a caller fed an event the table forbids
+    ├── control.lifecycle.ImpossibleTransition 500 1   a caller fed an event the table forbids
+    └── gateway.breaker.BreakerMisuse          500 1   likewise for the circuit breaker's table
 
 Modules define a subclass next to the code that raises it when it carries extra data
 (``manifest.graph.DependencyCycle`` is a ``UserError`` with the cycle).
