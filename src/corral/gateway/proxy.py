@@ -2,11 +2,12 @@
 
 How a request flows (one worker, one event loop, preferably uvloop):
 
-- ``ClientConnection`` collects bytes until the end of the head (``\\r\\n\\r\\n``), has a fresh
-  httptools parser validate exactly that head (``on_url``/``on_headers_complete`` are the only
-  callbacks: with no ``on_header`` llhttp makes no per-header Python call), and reads the few
-  headers it needs with ``bytes.find`` on a lower-cased copy. The head is forwarded as the
-  client sent it, with only the hop-by-hop lines cut and our lines appended
+- ``ClientConnection`` collects bytes until the end of the head (``\\r\\n\\r\\n``), has its
+  httptools parser validate exactly that head (``on_url``/``on_headers_complete``/
+  ``on_message_complete`` are the only callbacks: with no ``on_header`` llhttp makes no
+  per-header Python call; the parser is reused while heads are whole messages), and reads the
+  few headers it needs with one regex ``findall`` on a lower-cased copy. The head is forwarded
+  as the client sent it, with only the hop-by-hop lines cut and our lines appended
   (``X-Forwarded-*``, ``X-Request-Id``, ``traceparent``): per-header Python work is the main cost
   of a Python proxy, so unchanged header bytes pass through.
 - Bodies are framed by ``BodyFramer`` (Content-Length or chunked) and forwarded as raw bytes as
@@ -110,6 +111,10 @@ _HOP_BY_HOP = frozenset(
 )
 _HOP_BY_HOP_UPGRADE = _HOP_BY_HOP - {b"connection", b"upgrade"}
 _RESPONSE_HOP = frozenset((b"connection", b"keep-alive"))
+# What a response head's hop-by-hop lines need. A lone "Connection: keep-alive" (what nginx and
+# most servers send) is left in when the client's connection stays open too: it says the same
+# thing on the client's hop, and not cutting it saves a second scan of every response head.
+_HOP_NONE, _HOP_KEEP_ALIVE, _HOP_CUT = 0, 1, 2
 _SINGLE = frozenset((b"host", b"content-length", b"transfer-encoding"))
 
 
@@ -117,26 +122,40 @@ class _BadHead(Exception):
     pass
 
 
-def _scan(
-    pattern: re.Pattern[bytes], head: bytes, cut: frozenset[bytes]
-) -> tuple[dict[bytes, bytes], list[tuple[int, int]]]:
-    """Values of the headers ``pattern`` names (lower-case keys), and spans of lines to cut.
+# The framing of a request without a body. Shared: a finished framer is never fed again.
+_NO_BODY = BodyFramer(0)
 
-    The (case-sensitive, hence faster) scan runs on a lower-cased copy; values are sliced from
-    the original at the same offsets."""
+
+def _scan(
+    pattern: re.Pattern[bytes], lower: bytes, cut: frozenset[bytes]
+) -> tuple[dict[bytes, bytes], bool]:
+    """Values of the headers ``pattern`` names, and whether any of them is a line to ``cut``.
+
+    ``lower`` is the head lower-cased, so the scan can be case-sensitive (faster), and the
+    values are lower-case too: callers re-read the few values whose case matters. One
+    ``findall`` (no match objects, no per-match offsets) is about three times cheaper than
+    ``finditer`` here; where the lines to cut are is found only when there are some
+    (``_line_spans``), which a request from wrk or curl never has."""
     values: dict[bytes, bytes] = {}
-    spans: list[tuple[int, int]] = []
-    for m in pattern.finditer(head.lower()):
-        name = m.group(1)
-        value = head[m.start(2) : m.end(2)].rstrip()
-        if name in values:
+    cutting = False
+    for name, value in pattern.findall(lower):
+        value = value.rstrip()
+        old = values.get(name)
+        if old is not None:
             if name in _SINGLE:
                 raise _BadHead(name.decode())
-            value = values[name] + b", " + value
+            value = old + b", " + value
         values[name] = value
         if name in cut:
-            spans.append((m.start(), m.end()))
-    return values, spans
+            cutting = True
+    return values, cutting
+
+
+def _line_spans(
+    pattern: re.Pattern[bytes], lower: bytes, cut: frozenset[bytes]
+) -> list[tuple[int, int]]:
+    """Spans (from the CRLF before the name to the end of the value) of the lines to cut."""
+    return [m.span() for m in pattern.finditer(lower) if m.group(1) in cut]
 
 
 def _without(head: bytes, spans: list[tuple[int, int]]) -> bytes:
@@ -311,6 +330,8 @@ class Gateway:
         self.limits = limits or Limits()
         self.rng = rng
         self.scheme = scheme.encode()
+        # The constant middle of the lines every request gets, joined once.
+        self.forwarded_proto = b"\r\nX-Forwarded-Proto: " + self.scheme + b"\r\nX-Forwarded-Host: "
         self.metrics = metrics or Metrics()
         self.now = self.loop.time()
         self.table = table
@@ -488,6 +509,7 @@ class ClientConnection(asyncio.Protocol):
         self._head = b""
         self._lower = b""
         self._parser: Any = None
+        self._message_complete = False
         self._processing = False
 
     # --- asyncio.Protocol -----------------------------------------------------------------
@@ -597,6 +619,9 @@ class ClientConnection(asyncio.Protocol):
         parser = self._parser
         self._keep_alive = parser.should_keep_alive()
 
+    def on_message_complete(self) -> None:
+        self._message_complete = True
+
     # --- request path ---------------------------------------------------------------------
 
     def _process(self) -> None:
@@ -660,28 +685,36 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, head: bytes) -> None:
         gw = self.gw
-        self._parser = parser = httptools.HttpRequestParser(self)
+        # One parser per connection, reused while every head it saw was a whole message: a
+        # parser costs about as much to make as to run. After a body, an upgrade or an error
+        # it is not in its start state (we never feed it bodies), so the next head gets a new one.
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
         self._upgrade = False
+        self._message_complete = False
         try:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
             self._upgrade = True
         except httptools.HttpParserError:
+            self._parser = None
             self._fail(400, "malformed request")
             return
+        if not self._message_complete:
+            self._parser = None
         method = parser.get_method().decode("latin-1")
         self.method = method
         self._head = head
-        self._lower = b""
+        self._lower = lower = head.lower()
         self.started = gw.loop.time()
         self.responded = False
         self.request_done = False
         self.tried = []
         self.route = None
+        cut = _HOP_BY_HOP_UPGRADE if self._upgrade else _HOP_BY_HOP
         try:
-            values, spans = _scan(
-                _REQUEST_SCAN, head, _HOP_BY_HOP_UPGRADE if self._upgrade else _HOP_BY_HOP
-            )
+            values, cutting = _scan(_REQUEST_SCAN, lower, cut)
         except _BadHead as error:
             self._fail(400, f"more than one {error} header")
             return
@@ -692,14 +725,14 @@ class ClientConnection(asyncio.Protocol):
                 self._fail(400, "ambiguous or unsupported transfer-encoding")
                 return
             self.framer = BodyFramer(chunked=True)
-        elif cl is not None:
+        elif cl is not None and cl != b"0":
             length = int(cl)
             if length > gw.limits.max_body_bytes:
                 self._fail(413, "request body too large")
                 return
             self.framer = BodyFramer(length)
         else:
-            self.framer = BodyFramer(0)
+            self.framer = _NO_BODY
         if method == "CONNECT":
             self._fail(405, "CONNECT is not supported")
             return
@@ -719,32 +752,35 @@ class ClientConnection(asyncio.Protocol):
             return
         route = self.route = found.route
         # The head sent upstream: the client's lines minus hop-by-hop ones, plus ours.
+        spans = _line_spans(_REQUEST_SCAN, lower, cut) if cutting else []
         if route.remove_headers or route.add_headers:
             names = {b"\r\n" + n.encode() + b":" for n in route.remove_headers}
             names.update(b"\r\n" + k.lower().encode() + b":" for k, _ in route.add_headers)
-            spans.extend(_spans(head, head.lower(), sorted(names)))
-        out = _without(head, spans)
+            spans.extend(_spans(head, lower, sorted(names)))
+        out = _without(head, spans) if spans else head
         new_path = route.upstream_path(path, found.params)
         if new_path != path or url is not self._url:
             line_end = out.find(b"\r\n")
             target = new_path.encode("latin-1") + (b"?" + url[q + 1 :] if q >= 0 else b"")
             version = out[line_end - 8 : line_end]
             out = method.encode() + b" " + target + b" " + version + out[line_end:]
+        # One draw gives the span id and, when the request starts a trace, the trace id too.
+        ids = b"%048x" % gw.rng.getrandbits(192)
+        trace_id, sampled = self._trace(values, ids)
         request_id = values.get(b"x-request-id")
-        trace_id, sampled = self._trace(values)
-        span_id = b"%016x" % gw.rng.getrandbits(64)
+        if request_id is not None:  # an id is opaque: keep the client's case
+            request_id = _value(head, lower, b"\r\nx-request-id:") or request_id
         xff = values.get(b"x-forwarded-for")
         extra = [
+            out[:-2],
             b"X-Forwarded-For: ",
             (xff + b", " + self.peer) if xff else self.peer,
-            b"\r\nX-Forwarded-Proto: ",
-            gw.scheme,
-            b"\r\nX-Forwarded-Host: ",
+            gw.forwarded_proto,
             host_b,
             b"\r\ntraceparent: 00-",
             trace_id,
             b"-",
-            span_id,
+            ids[32:],
             sampled,
             b"\r\n",
         ]
@@ -756,7 +792,8 @@ class ClientConnection(asyncio.Protocol):
             extra.append(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n")
         if self._upgrade:
             self._keep_alive = False  # after a refused upgrade the connection is not reused
-        self.out_head = out[:-2] + b"".join(extra) + b"\r\n"
+        extra.append(b"\r\n")
+        self.out_head = b"".join(extra)
         if self.framer.done:
             self.state = _WAIT
             self.request_done = True
@@ -766,13 +803,16 @@ class ClientConnection(asyncio.Protocol):
         can_retry = retries.attempts > 0 and (retries.retryable or method in IDEMPOTENT)
         self.kept = [] if can_retry else None
         self.kept_size = 0
-        self.hash_key = self._hash_key(found.route) if gw.pools else None
+        pool = gw.pools.get(route.cluster)
+        self.hash_key = None if pool is None or pool.hash_on is None else self._hash_key(pool)
         self.total_deadline = gw.now + route.timeouts.total
         gw.budgets[route.name].on_request()
         self._begin_try()
 
-    def _trace(self, values: dict[bytes, bytes]) -> tuple[bytes, bytes]:
-        """The trace id to continue (W3C traceparent, else B3) or a new one; and the flags."""
+    def _trace(self, values: dict[bytes, bytes], ids: bytes) -> tuple[bytes, bytes]:
+        """The trace id to continue (W3C traceparent, else B3) or a new one; and the flags.
+
+        ``ids`` is 48 random hex digits: the first 32 are the trace id of a new trace."""
         parent = values.get(b"traceparent")
         if parent is not None and len(parent) == 55 and parent[2:3] == b"-":
             trace_id = parent[3:35].lower()
@@ -785,13 +825,12 @@ class ClientConnection(asyncio.Protocol):
                 b3 = single.split(b"-", 1)[0]
         if b3 is not None and len(b3) in (16, 32) and b3.lower().strip(b"0123456789abcdef") == b"":
             return b3.lower().rjust(32, b"0"), b"-01"
-        return b"%032x" % self.gw.rng.getrandbits(128), b"-01"
+        return ids[:32], b"-01"
 
-    def _hash_key(self, route: CompiledRoute) -> bytes | None:
-        pool = self.gw.pools.get(route.cluster)
-        if pool is None or pool.hash_on is None:
-            return None
+    def _hash_key(self, pool: Pool) -> bytes | None:
         on = pool.hash_on
+        if on is None:
+            return None
         if on == "client_ip":
             return self.peer
         if on == "path":
@@ -822,26 +861,25 @@ class ClientConnection(asyncio.Protocol):
         self.endpoint = endpoint
         endpoint.active += 1
         gw.metrics.upstream(endpoint.address).tries += 1
-        if self.kept is not None or len(self.tried) == 0:
+        if self.kept is not None or not self.tried:
             self.tried.append(endpoint.address)
         self.try_started = gw.loop.time()
         self.pending = []
-        conn = pool.take_idle(endpoint)
         first = self.out_head
-        if self.kept is not None and self.kept_size <= gw.limits.retry_buffer_bytes:
-            body = self.kept
-        else:
-            body = []
+        body = self.kept if self.kept and self.kept_size <= gw.limits.retry_buffer_bytes else None
+        conn = pool.take_idle(endpoint)
+        self.deadline_kind = _D_UPSTREAM
         if conn is not None:
             self._attach(conn)
             assert conn.transport is not None
+            # Head and any kept body in one write: one syscall, one segment.
             conn.transport.write(first + b"".join(body) if body else first)
-            self._set_deadline(_D_UPSTREAM, route.timeouts.per_try)
+            self.deadline = min(gw.now + route.timeouts.per_try, self.total_deadline)
         else:
             conn = UpstreamConnection(pool, endpoint)
             self._attach(conn)
-            self.pending = [first, *body]
-            self._set_deadline(_D_UPSTREAM, route.timeouts.connect)
+            self.pending = [first, *body] if body else [first]
+            self.deadline = min(gw.now + route.timeouts.connect, self.total_deadline)
             conn.connect_task = gw.loop.create_task(conn.connect(gw.loop))
 
     def _attach(self, conn: UpstreamConnection) -> None:
@@ -889,10 +927,9 @@ class ClientConnection(asyncio.Protocol):
         if transport is None or self.state == _CLOSED:
             return True
         closing = not self._keep_alive or conn.until_close or not self.request_done
-        if conn.hop_spans:
-            head = _without(head, conn.hop_spans)
-            if status == 101:
-                head = head[:-2] + b"Connection: Upgrade\r\n\r\n"
+        hop = conn.hop
+        if hop == _HOP_CUT or (hop == _HOP_KEEP_ALIVE and closing):
+            head = _without(head, _line_spans(_RESPONSE_SCAN, head.lower(), _RESPONSE_HOP))
         if closing and status != 101:
             head = head[:-2] + b"Connection: close\r\n\r\n"
             self._keep_alive = False
@@ -905,11 +942,16 @@ class ClientConnection(asyncio.Protocol):
         gw = self.gw
         now = gw.loop.time()
         status = self.status
-        outcome: Outcome = "5xx" if status >= 500 else "ok"
-        self._end_try(conn, outcome, reusable=reusable and self.request_done)
+        try_latency = now - self.try_started
+        self._end_try(
+            conn,
+            "5xx" if status >= 500 else "ok",
+            reusable=reusable and self.request_done,
+            latency=try_latency,
+        )
         route = self.route
         if route is not None:
-            gw.metrics.route(route.name).observe(status, now - self.started, now - self.try_started)
+            gw.metrics.route(route.name).observe(status, now - self.started, try_latency)
         self._next_request()
 
     def upstream_failed(self, conn: UpstreamConnection, why: str) -> None:
@@ -957,15 +999,23 @@ class ClientConnection(asyncio.Protocol):
         self.gw.metrics.route(route.name).retries += 1
         self._begin_try()
 
-    def _end_try(self, conn: UpstreamConnection, outcome: Outcome, *, reusable: bool) -> None:
+    def _end_try(
+        self,
+        conn: UpstreamConnection,
+        outcome: Outcome,
+        *,
+        reusable: bool,
+        latency: float | None = None,
+    ) -> None:
         gw = self.gw
         endpoint = self.endpoint
         pool = self.pool
         if endpoint is not None:
             endpoint.active -= 1
             self.endpoint = None
-            latency = gw.loop.time() - self.try_started
             if pool is not None and pool.cluster.lb.policy == "ewma":
+                if latency is None:
+                    latency = gw.loop.time() - self.try_started
                 endpoint.observe(latency, gw.now)
             if pool is not None:
                 ejection = pool.outlier.record(endpoint.address, outcome, gw.now)
@@ -993,12 +1043,14 @@ class ClientConnection(asyncio.Protocol):
             return
         self.state = _HEAD
         self.route = None
-        self._resume_reading(_READ_BACKLOG)
+        if self.read_paused & _READ_BACKLOG:
+            self._resume_reading(_READ_BACKLOG)
         if self.buf:
             self._set_deadline(_D_HEADERS, self.gw.limits.header_timeout)
             self._run()
         else:
-            self._set_deadline(_D_IDLE, self.gw.limits.idle_timeout)
+            self.deadline_kind = _D_IDLE
+            self.deadline = self.gw.now + self.gw.limits.idle_timeout
 
     # --- errors, deadlines, closing -------------------------------------------------------
 
@@ -1093,7 +1145,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_paused = False
         self.idle_since = 0.0
         self.tunneling = False
-        self.hop_spans: list[tuple[int, int]] = []
+        self.hop = _HOP_NONE  # the response head's hop-by-hop lines (see _HOP_*)
         self._parser: Any = None
 
     async def connect(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -1182,7 +1234,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             status = int(status_line.group(2))
             if status == 101:
-                self.hop_spans = []
+                self.hop = _HOP_NONE
                 if not client.response_head(self, status, head):
                     return
                 self.expect_head = False
@@ -1194,17 +1246,24 @@ class UpstreamConnection(asyncio.Protocol):
                 out.write(head)
                 continue
             try:
-                values, self.hop_spans = _scan(_RESPONSE_SCAN, head, _RESPONSE_HOP)
+                values, cutting = _scan(_RESPONSE_SCAN, head.lower(), _RESPONSE_HOP)
             except _BadHead as error:
                 client.upstream_failed(self, f"sent more than one {error} header")
                 return
             connection = values.get(b"connection")
+            if not cutting:
+                self.hop = _HOP_NONE
+            elif connection == b"keep-alive" and b"keep-alive" not in values:
+                self.hop = _HOP_KEEP_ALIVE
+            else:
+                self.hop = _HOP_CUT
             if status_line.group(1) == b"0":
                 self.keep_alive = connection is not None and b"keep-alive" in connection.lower()
             else:
                 self.keep_alive = connection is None or b"close" not in connection.lower()
+            length: int | None = None
             if client.method == "HEAD" or status in (204, 304):
-                self.framer = BodyFramer(0)
+                length = 0
             else:
                 te = values.get(b"transfer-encoding")
                 cl = values.get(b"content-length")
@@ -1214,15 +1273,28 @@ class UpstreamConnection(asyncio.Protocol):
                     if not cl.isdigit():
                         client.upstream_failed(self, "sent a bad Content-Length")
                         return
-                    self.framer = BodyFramer(int(cl))
+                    length = int(cl)
                 else:
                     self.framer = BodyFramer(None)
-            self.until_close = self.framer.until_close
+            if length is not None:
+                if length == len(data):
+                    # The usual small response: head and whole body in one read. Forward it in
+                    # one write and skip the framer.
+                    self.until_close = False
+                    if not client.response_head(self, status, head):
+                        return
+                    out.write(client.pending_head + data if data else client.pending_head)
+                    client.response_done(self, self.keep_alive)
+                    return
+                self.framer = BodyFramer(length)
+            framer = self.framer
+            assert framer is not None
+            self.until_close = framer.until_close
             if not client.response_head(self, status, head):
                 return
             self.expect_head = False
             head = client.pending_head
-            if not data and not self.framer.done:
+            if not data and not framer.done:
                 out.write(head)
                 return
             self._body(client, out, data, head)
