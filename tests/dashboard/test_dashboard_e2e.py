@@ -12,8 +12,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from corral.home import Home
 from corral.testing import Platform, kill_leftovers, wait_for
 from tests.dashboard.browser import Browser, chromium
 from tests.integration.apps import service_yaml, write_app
@@ -32,41 +29,12 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason="needs Debian's chromium for the dashboard's browser tests (apt-get install chromium)",
 )
-REPO = Path(__file__).resolve().parents[2]
-
-
-def launch_with_dashboard(home: Path, timeout: float = 20.0) -> Platform:
-    """`Platform.launch`, with the dashboard hooked into the API (tests/dashboard/hook.py)."""
-    home.mkdir(parents=True, exist_ok=True)
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "CORRAL_HOME": str(home), "PYTHONPATH": path}
-    log = open(home / "server.out", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.dashboard.hook", "server"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    log.close()
-    h = Home(home)
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {(home / 'server.out').read_text()}")
-        return h.api_url() is not None
-
-    wait_for(up, timeout, what="the control plane to serve")
-    platform = Platform(home, proc)
-    wait_for(platform.client.healthy, timeout, what="the API to answer")
-    return platform
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, Path]]:
     base = tmp_path_factory.mktemp("dashboard")
-    platform = launch_with_dashboard(base / "home")
+    platform = Platform.launch(base / "home")
     try:
         app = write_app(base)
         gate = base / "db-ready"

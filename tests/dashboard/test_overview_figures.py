@@ -13,11 +13,9 @@ from aiohttp.test_utils import TestServer
 
 from corral import model
 from corral.api.server import Api
-from corral.dashboard import app as dashboard
 from corral.home import Home
 from corral.store.base import Put
 from corral.store.sqlite import SQLiteStore
-from tests.dashboard import hook
 from tests.dashboard.browser import Browser, chromium
 
 CHROMIUM = chromium()
@@ -74,12 +72,10 @@ async def generate(store: SQLiteStore, services: int, per_service: int = 3) -> N
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[str]:
-    hook.install()
     store = await SQLiteStore.open(tmp_path / "store.db")
     await generate(store, SERVICES)
     api = Api(store, Home(tmp_path), dict(TOKENS))
     application = api.app()
-    dashboard.setup(application, api)
     test_server = TestServer(application, host="127.0.0.1")
     await test_server.start_server()
     try:

@@ -12,22 +12,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from corral.api.server import Api
-from corral.dashboard import app as dashboard
 from corral.dashboard import session
 from corral.home import Home
 from corral.store.sqlite import SQLiteStore
-from tests.dashboard import hook
 
 TOKENS = {"admin": "admin-secret", "read": "read-secret", "ingest": "ingest-secret"}
 
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    hook.install()
     store = await SQLiteStore.open(tmp_path / "store.db")
     api = Api(store, Home(tmp_path), dict(TOKENS))
     application = api.app()
-    dashboard.setup(application, api)
     async with TestClient(TestServer(application)) as test_client:
         yield test_client
     await api.close()
