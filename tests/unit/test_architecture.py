@@ -58,6 +58,15 @@ PURE_MODULES = [
     "corral.sim.network",
     "corral.sim.disk",
     "corral.sim.linearizability",
+    "corral.membership",
+    "corral.membership.config",
+    "corral.membership.swim",
+    "corral.kv",
+    "corral.kv.ring",
+    "corral.kv.versions",
+    "corral.kv.merkle",
+    "corral.kv.coordinator",
+    "corral.sim.kv",
 ]
 
 FORBIDDEN_MODULES = {

@@ -12,6 +12,7 @@ import sys
 import typing
 from collections.abc import Callable, Sequence
 
+from corral.sim import kv as kv_engine
 from corral.sim import raft, reconcile
 
 
@@ -25,6 +26,20 @@ def _reconcile(args: argparse.Namespace) -> int:
 def _raft(args: argparse.Namespace) -> int:
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(raft.Options)}
     result = raft.run(args.seed, raft.Options(**fields))
+    sys.stdout.write(result.report() + "\n")
+    return 0 if result.ok else 1
+
+
+def _swim(args: argparse.Namespace) -> int:
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(kv_engine.SwimOptions)}
+    result = kv_engine.run_swim(args.seed, kv_engine.SwimOptions(**fields))
+    sys.stdout.write(result.report() + "\n")
+    return 0 if result.ok else 1
+
+
+def _kv(args: argparse.Namespace) -> int:
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(kv_engine.KvOptions)}
+    result = kv_engine.run_kv(args.seed, kv_engine.KvOptions(**fields))
     sys.stdout.write(result.report() + "\n")
     return 0 if result.ok else 1
 
@@ -58,6 +73,8 @@ def _add_options(parser: argparse.ArgumentParser, options: type[object]) -> None
 ENGINES: dict[str, tuple[type[object], Callable[[argparse.Namespace], int], str]] = {
     "reconcile": (reconcile.Options, _reconcile, "planner + work queue + simulated agent"),
     "raft": (raft.Options, _raft, "Raft cluster on a faulty network and disks"),
+    "swim": (kv_engine.SwimOptions, _swim, "SWIM membership on a faulty network"),
+    "kv": (kv_engine.KvOptions, _kv, "AP store (sloppy quorum, DVV, hints, anti-entropy) on SWIM"),
 }
 
 
