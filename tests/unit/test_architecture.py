@@ -44,6 +44,7 @@ PURE_MODULES = [
     "corral.gateway.breaker",
     "corral.gateway.split",
     "corral.gateway.cache",
+    "corral.gateway.policies",
     "corral.telemetry.normalize",
     "corral.telemetry.rollup",
     "corral.telemetry.model",

@@ -13,6 +13,14 @@ so they are reported even when other fields are broken.
 
 A route targets either ``service`` (platform mode: that service's instances in phase ``run``)
 or static ``upstreams`` (standalone mode); ``mode="standalone"`` refuses ``service``.
+
+Traffic policies (``corral.gateway.policy_config``) are part of the same schema: a ``Route``
+carries ``RoutePolicies``' fields (``criticality``, ``rate_limits``, ``hot_params``,
+``concurrency``, ``breaker``, ``split``, ``cache``, ``fallback``) and ``GatewayConfig`` carries
+``GatewayPolicies``' (``policies``, ``adaptive``, ``cache``, ``tier``), plus ``telemetry``
+(edge spans to a Zipkin v2 collector) and ``access_log`` (a JSON-lines file). References
+between them (a route naming an unknown policy…) are checked by ``policy_reference_problems``
+with the other whole-config checks.
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from corral.errors import ManifestError, NotFound, Problem
+from corral.gateway.policy_config import (
+    GatewayPolicies,
+    RoutePolicies,
+    policy_reference_problems,
+)
 from corral.manifest.load import _UNPARSED, _parse_yaml, _schema_problems
 from corral.manifest.schema import Duration, PositiveDuration, Size, describe, problem
 
@@ -44,6 +57,7 @@ __all__ = [
     "Retries",
     "Rewrite",
     "Route",
+    "Telemetry",
     "Timeouts",
     "Tls",
     "Upstream",
@@ -264,7 +278,7 @@ def _upstream(value: object) -> object:
     return {"address": value} if isinstance(value, str) else value
 
 
-class Route(_Model):
+class Route(RoutePolicies):
     name: str = Field(description="unique; the admin API addresses routes by name")
     match: Match = Field(default_factory=Match)
     service: str | None = Field(default=None, description="platform mode: a service's instances")
@@ -324,7 +338,30 @@ class Limits(_Model):
     drain: Duration = Field(default=10.0, description="on stop, time to finish requests")
 
 
-class GatewayConfig(_Model):
+def _collector_url(value: object) -> object:
+    if isinstance(value, str) and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise problem(
+            f"{value!r} is not an http(s) URL",
+            "e.g. http://127.0.0.1:9411/api/v2/spans",
+        )
+    return value
+
+
+class Telemetry(_Model):
+    """Edge spans: one SERVER span per request and one CLIENT span per upstream try."""
+
+    zipkin: Annotated[str, BeforeValidator(_collector_url)] | None = Field(
+        default=None,
+        description="Zipkin v2 JSON endpoint (platform mode: the platform's collector if unset)",
+    )
+    enabled: bool = Field(default=True, description="false: no spans (platform mode too)")
+    service_name: str = Field(default="corral-gateway", min_length=1, max_length=128)
+    max_buffer: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="finished requests kept for export"
+    )
+
+
+class GatewayConfig(GatewayPolicies):
     """The gateway's configuration (standalone file, or a manifest's ``gateway:`` section)."""
 
     listen: Address = "127.0.0.1:8080"
@@ -332,6 +369,10 @@ class GatewayConfig(_Model):
     tls: Tls | None = None
     admin: Admin | None = None
     limits: Limits = Field(default_factory=Limits)
+    telemetry: Telemetry | None = Field(default=None, description="edge span export")
+    access_log: str | None = Field(
+        default=None, min_length=1, description="a file for JSON access-log lines (off if unset)"
+    )
     routes: list[Route] = Field(default_factory=list)
 
 
@@ -403,6 +444,7 @@ def validate_gateway_data(
     except ValidationError as error:
         problems.extend(_schema_problems(error.errors(include_url=False), GatewayConfig, prefix))
     problems.extend(_route_problems(_Raw(data, prefix), mode))
+    problems.extend(policy_reference_problems(data, prefix=prefix, mode=mode))
     if problems or config is None:
         raise ManifestError(list(dict.fromkeys(problems)), source=source)
     return config

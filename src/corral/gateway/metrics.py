@@ -1,21 +1,25 @@
 """Gateway counters: plain integers bumped on the hot path, rendered as Prometheus text.
 
 Per route: responses by status class, request latency and upstream latency histograms,
-retries. Per upstream endpoint: tries, connect failures, ejections. Plus active client
-connections. A worker's counters are a ``snapshot()`` (JSON-able); ``render(snapshots)`` sums
-the snapshots of every worker into one exposition, which is how ``corral gateway serve``
-answers ``GET /metrics`` on its admin listener (see ``corral.gateway.serve``).
+retries, and what the traffic policies did (``rate_limited``, ``hot``, ``shed``, ``breaker``,
+``cache_hit``/``cache_miss``/``cache_stale``). Per route→cluster: circuit-breaker transitions
+by target state, and the state now. Per upstream endpoint: tries, connect failures, ejections.
+Plus active client connections and the span exporter's exported/dropped/failed counts.
+A worker's counters are a ``snapshot()`` (JSON-able); ``render(snapshots)`` sums the
+snapshots of every worker into one exposition, which is how ``corral gateway serve`` answers
+``GET /metrics`` on its admin listener (see ``corral.gateway.serve``).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["BUCKETS", "Metrics", "RouteStats", "UpstreamStats", "render"]
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
+_OPENNESS = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class RouteStats:
@@ -47,12 +51,26 @@ class UpstreamStats:
         self.ejections = 0
 
 
+class SpanCounts(Protocol):
+    exported: int
+    dropped: int
+    failed: int
+
+
 class Metrics:
     def __init__(self) -> None:
         self.routes: dict[str, RouteStats] = {}
         self.upstreams: dict[str, UpstreamStats] = {}
         self.active_connections = 0
         self.refused_connections = 0
+        self.policy_counts: dict[tuple[str, str], int] = {}  # (route, action) → count
+        self.breaker_transitions: dict[str, int] = {}  # "route|cluster|state" → count
+        self.breaker_states: dict[str, str] = {}  # "route|cluster" → state
+        self.recorder: SpanCounts | None = None
+
+    def breaker_transition(self, route: str, cluster: str, state: str) -> None:
+        key = f"{route}|{cluster}|{state}"
+        self.breaker_transitions[key] = self.breaker_transitions.get(key, 0) + 1
 
     def route(self, name: str) -> RouteStats:
         stats = self.routes.get(name)
@@ -89,6 +107,16 @@ class Metrics:
             },
             "active_connections": self.active_connections,
             "refused_connections": self.refused_connections,
+            "policies": {
+                f"{route}|{action}": n for (route, action), n in sorted(self.policy_counts.items())
+            },
+            "breaker_transitions": dict(sorted(self.breaker_transitions.items())),
+            "breaker_states": dict(sorted(self.breaker_states.items())),
+            "spans": {
+                "exported": self.recorder.exported if self.recorder else 0,
+                "dropped": self.recorder.dropped if self.recorder else 0,
+                "failed": self.recorder.failed if self.recorder else 0,
+            },
         }
 
     def render(self) -> str:
@@ -109,9 +137,23 @@ def render(snapshots: list[dict[str, Any]]) -> str:
     routes: dict[str, dict[str, Any]] = {}
     upstreams: dict[str, dict[str, int]] = {}
     active = refused = 0
+    policies: dict[str, int] = {}
+    transitions: dict[str, int] = {}
+    states: dict[str, str] = {}
+    spans = {"exported": 0, "dropped": 0, "failed": 0}
     for snap in snapshots:
         active += int(snap.get("active_connections", 0))
         refused += int(snap.get("refused_connections", 0))
+        for key, n in snap.get("policies", {}).items():
+            policies[key] = policies.get(key, 0) + int(n)
+        for key, n in snap.get("breaker_transitions", {}).items():
+            transitions[key] = transitions.get(key, 0) + int(n)
+        for key, state in snap.get("breaker_states", {}).items():
+            # Workers keep their own breakers: the tier reports the most open one.
+            if _OPENNESS.get(state, 0) >= _OPENNESS.get(states.get(key, "closed"), 0):
+                states[key] = state
+        for key in spans:
+            spans[key] += int(snap.get("spans", {}).get(key, 0))
         for name, r in snap.get("routes", {}).items():
             into = routes.setdefault(
                 name,
@@ -182,4 +224,32 @@ def render(snapshots: list[dict[str, Any]]) -> str:
     lines.append("# HELP corral_gateway_refused_connections_total Connections over the cap.")
     lines.append("# TYPE corral_gateway_refused_connections_total counter")
     lines.append(f"corral_gateway_refused_connections_total {refused}")
+    lines.append("# HELP corral_gateway_policy_total Requests a traffic policy acted on.")
+    lines.append("# TYPE corral_gateway_policy_total counter")
+    for key, n in sorted(policies.items()):
+        route, _, action = key.rpartition("|")
+        lines.append(
+            f'corral_gateway_policy_total{{route="{_esc(route)}",action="{_esc(action)}"}} {n}'
+        )
+    lines.append("# HELP corral_gateway_breaker_transitions_total Circuit-breaker transitions.")
+    lines.append("# TYPE corral_gateway_breaker_transitions_total counter")
+    for key, n in sorted(transitions.items()):
+        route, cluster, state = key.split("|", 2)
+        lines.append(
+            f'corral_gateway_breaker_transitions_total{{route="{_esc(route)}",'
+            f'cluster="{_esc(cluster)}",to="{_esc(state)}"}} {n}'
+        )
+    lines.append("# HELP corral_gateway_breaker_state Circuit-breaker state (1 = in that state).")
+    lines.append("# TYPE corral_gateway_breaker_state gauge")
+    for key, state in sorted(states.items()):
+        route, _, cluster = key.partition("|")
+        for name in ("closed", "open", "half_open"):
+            lines.append(
+                f'corral_gateway_breaker_state{{route="{_esc(route)}",cluster="{_esc(cluster)}",'
+                f'state="{name}"}} {int(name == state)}'
+            )
+    lines.append("# HELP corral_gateway_spans_total Finished requests by span-export outcome.")
+    lines.append("# TYPE corral_gateway_spans_total counter")
+    for key, n in spans.items():
+        lines.append(f'corral_gateway_spans_total{{outcome="{key}"}} {n}')
     return "\n".join(lines) + "\n"

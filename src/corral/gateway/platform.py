@@ -9,6 +9,11 @@ reach routing as soon as the watch delivers them (milliseconds on one node). Whe
 plane cannot be reached the gateway keeps serving the last good config — kept on disk in
 ``$CORRAL_HOME/gateway/last-good.json`` — and reports itself stale in
 ``$CORRAL_HOME/gateway/status.json`` until it is back.
+
+Traffic splits between releases of a service route to ``<service>@<release>`` clusters: the
+endpoints of each release are published beside the service's, from the instances' ``release``.
+Edge spans go to the config's ``telemetry.zipkin`` or, when it names none, to the platform's
+collector (the URL in ``$CORRAL_HOME/collector``, re-read when the file changes).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class PlatformGateway:
         self.specs: dict[str, model.InstanceSpec] = {}
         self.statuses: dict[str, model.InstanceStatus] = {}
         self.endpoints: dict[str, tuple[tuple[str, int], ...]] = {}
+        self._collector: tuple[float, str | None] = (0.0, None)
 
     # -- config ------------------------------------------------------------------------------
 
@@ -120,8 +126,21 @@ class PlatformGateway:
             return spec_of.service if spec_of else None
         return None
 
+    def collector_url(self) -> str | None:
+        """The platform collector's Zipkin endpoint, if one runs (re-read when it moves)."""
+        path = self.home.path / "collector"
+        try:
+            mtime = path.stat().st_mtime
+            if mtime != self._collector[0]:
+                base = path.read_text().strip().rstrip("/")
+                self._collector = (mtime, f"{base}/api/v2/spans" if base else None)
+        except OSError:
+            self._collector = (0.0, None)
+        return self._collector[1]
+
     def _refresh(self, service: str) -> None:
         endpoints: list[tuple[str, int]] = []
+        releases: dict[int, list[tuple[str, int]]] = {}
         for instance_id in sorted(self.specs):
             spec = self.specs[instance_id]
             status = self.statuses.get(instance_id)
@@ -133,12 +152,21 @@ class PlatformGateway:
                 and status.alive
                 and status.phase == "run"
             ):
-                endpoints.append((f"127.0.0.1:{next(iter(spec.ports.values()))}", 1))
-        frozen = tuple(endpoints)
-        if self.endpoints.get(service) != frozen:
-            self.endpoints[service] = frozen
-            if self.gateway is not None:
-                self.gateway.set_endpoints(service, frozen)
+                endpoint = (f"127.0.0.1:{next(iter(spec.ports.values()))}", 1)
+                endpoints.append(endpoint)
+                releases.setdefault(spec.release, []).append(endpoint)
+        wanted = {service: tuple(endpoints)}
+        for release, members in releases.items():
+            wanted[f"{service}@{release}"] = tuple(members)
+        for key in sorted(self.endpoints):  # releases that no longer run anything
+            if key.startswith(service + "@") and key not in wanted:
+                wanted[key] = ()
+        for key in sorted(wanted):
+            frozen = wanted[key]
+            if self.endpoints.get(key) != frozen:
+                self.endpoints[key] = frozen
+                if self.gateway is not None:
+                    self.gateway.set_endpoints(key, frozen)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -152,7 +180,9 @@ class PlatformGateway:
         self.statuses.clear()
         for kv in instances.kvs:
             self._instance_changed(kv.key, kv.value)
-        for service in sorted({s.service for s in self.specs.values()} | set(self.endpoints)):
+        services = {s.service for s in self.specs.values()}
+        services.update(key.split("@", 1)[0] for key in self.endpoints)
+        for service in sorted(services):
             self._refresh(service)
         return config.revision, instances.revision
 
@@ -170,7 +200,10 @@ class PlatformGateway:
             raise SystemExit("no gateway config in the Store: apply a manifest with gateway:")
         host, port = parse_address(self.config.listen)
         self.gateway = Gateway(
-            compile_routes(self.config, self.version), self.config.limits, rng=random.Random()
+            compile_routes(self.config, self.version),
+            self.config.limits,
+            rng=random.Random(),
+            collector=self.collector_url,
         )
         for service, endpoints in self.endpoints.items():
             self.gateway.set_endpoints(service, endpoints)

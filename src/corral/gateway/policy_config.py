@@ -32,6 +32,8 @@ Shape (every field optional; durations and sizes as elsewhere in the manifest)::
             targets: [{header: X-Canary, value: "1", to: release-8}]
             mirror: {to: {service: orders-shadow}, percent: 10}
           cache: {ttl: 30s, max_entry_bytes: 1MiB}
+          fallback: {status: 200, body: '{"items": []}',      # breaker open or no endpoint
+                     headers: {Content-Type: application/json}}
 
 (``criticality`` is the shedding priority; the route's existing ``priority`` stays the
 integer that orders matching.) Models forbid unknown keys and are strict, as the gateway
@@ -73,6 +75,7 @@ __all__ = [
     "BreakerPolicy",
     "CachePolicy",
     "ConcurrencyPolicy",
+    "Fallback",
     "GatewayPolicies",
     "HotParamPolicy",
     "Mirror",
@@ -91,6 +94,8 @@ __all__ = [
 KEY_SPEC = re.compile(
     r"^(client_ip|none|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|cookie:[^\s;=,]+|param:[A-Za-z_]\w*)$"
 )
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "connection"))
 POLICY_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62})$")
 TEMPLATE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEY_HINT = "use client_ip, header:NAME, cookie:NAME, param:NAME or none"
@@ -288,6 +293,28 @@ class CachePolicy(_Model):
     max_entry_bytes: Size = Field(default=1 << 20, ge=1, description="larger is not cached")
 
 
+class Fallback(_Model):
+    """A static response served instead of an error when the route's breaker is open or
+    none of its endpoints is healthy (a degraded mode the route declares)."""
+
+    status: int = Field(default=503, ge=200, le=599, description="the status to answer")
+    body: str = Field(default="", description="the body, sent as UTF-8")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="response headers, e.g. Content-Type"
+    )
+
+    @model_validator(mode="after")
+    def _headers(self) -> Fallback:
+        for name, value in self.headers.items():
+            if not HEADER_NAME.match(name):
+                raise problem(f"{name!r} is not a valid header name", "use letters, digits and -")
+            if name.lower() in _FRAMING_HEADERS:
+                raise problem(f"fallback header {name!r} is set by the gateway", "leave it out")
+            if "\r" in value or "\n" in value:
+                raise problem(f"header {name!r} has a line break", "keep values on one line")
+        return self
+
+
 class Adaptive(_Model):
     cpu: Percent = Field(default=80.0, description="CPU % that counts as hot")
     loop_lag: PositiveDuration = Field(default=0.05, description="event-loop lag that is hot")
@@ -366,6 +393,19 @@ class RoutePolicies(_Model):
     breaker: OptionalBreakerRef = None
     split: Split | None = None
     cache: CachePolicy | None = None
+    fallback: Fallback | None = None
+
+    def has_policies(self) -> bool:
+        """Whether the route needs the guarded request path (a fallback alone does not: it
+        is served from the error path)."""
+        return bool(
+            self.rate_limits
+            or self.hot_params
+            or self.concurrency
+            or self.breaker is not None
+            or self.split is not None
+            or self.cache is not None
+        )
 
 
 class GatewayPolicies(_Model):

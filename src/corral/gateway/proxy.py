@@ -43,6 +43,7 @@ import contextlib
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from random import Random
 from typing import Any, cast
@@ -54,8 +55,19 @@ from corral.gateway.framing import BodyFramer, FramingError
 from corral.gateway.lb import Endpoint, Picker, make_picker
 from corral.gateway.metrics import Metrics
 from corral.gateway.outlier import Outcome, OutlierDetector, routable
+from corral.gateway.policies import (
+    GO,
+    HIT,
+    WAIT,
+    Guard,
+    Policies,
+    RequestView,
+    render_cached,
+    render_fallback,
+)
 from corral.gateway.retry import IDEMPOTENT, RETRYABLE_STATUS, RetryBudget
 from corral.gateway.router import Cluster, CompiledRoute, RouteTable
+from corral.gateway.spans import Recorder
 
 __all__ = ["SWEEP_SECONDS", "ClientConnection", "Gateway", "Pool", "UpstreamConnection"]
 
@@ -65,7 +77,7 @@ SWEEP_SECONDS = 0.25
 MAX_IDLE_PER_ENDPOINT = 256
 MAX_RESPONSE_HEAD = 64 * 1024
 
-_HEAD, _BODY, _WAIT, _TUNNEL, _CLOSED = 0, 1, 2, 3, 4
+_HEAD, _BODY, _WAIT, _TUNNEL, _CLOSED, _PARKED = 0, 1, 2, 3, 4, 5
 # Deadline kinds of a client connection.
 _D_NONE, _D_IDLE, _D_HEADERS, _D_UPSTREAM = 0, 1, 2, 3
 _READ_BACKLOG, _READ_UPSTREAM = 1, 2  # why a client's reading is paused (bit flags)
@@ -76,6 +88,7 @@ _REASONS = {
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
@@ -192,12 +205,15 @@ def _spans(head: bytes, lower: bytes, names: Iterable[bytes]) -> list[tuple[int,
     return spans
 
 
-def _simple_response(status: int, message: str, *, close: bool, request_id: bytes = b"") -> bytes:
+def _simple_response(
+    status: int, message: str, *, close: bool, request_id: bytes = b"", extra: bytes = b""
+) -> bytes:
     body = message.encode() + b"\n"
     lines = [
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
         b"Content-Type: text/plain; charset=utf-8\r\n",
         b"Content-Length: %d\r\n" % len(body),
+        extra,
     ]
     if request_id:
         lines.append(b"X-Request-Id: " + request_id + b"\r\n")
@@ -325,8 +341,18 @@ class Gateway:
         rng: Random,
         scheme: str = "http",
         metrics: Metrics | None = None,
+        worker: str = "0",
+        workers: int = 1,
+        collector: Callable[[], str | None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.worker = worker
+        self.workers = workers
+        # Platform mode: where spans go when the config names no collector.
+        self.collector = collector
+        self.policies: Policies | None = None
+        self.recorder: Recorder | None = None
+        self._load_at = (0.0, 0.0)  # (loop time, process CPU time) of the last load sample
         self.limits = limits or Limits()
         self.rng = rng
         self.scheme = scheme.encode()
@@ -376,6 +402,50 @@ class Gateway:
                 old if old is not None and old.percent == percent else RetryBudget(percent)
             )
         self.pools, self.budgets, self.table = pools, budgets, table
+        self._apply_policies(table)
+        self._apply_telemetry(table)
+
+    def _apply_policies(self, table: RouteTable) -> None:
+        if any(r.guarded for r in table.routes) or self.policies is not None:
+            self.policies = Policies.build(
+                table, self.policies, worker=self.worker, workers=self.workers, rng=self.rng
+            )
+            self.metrics.policy_counts = self.policies.counts
+            if not self.policies.routes and not self.policies.waiting:
+                self.policies = None
+
+    def _apply_telemetry(self, table: RouteTable) -> None:
+        config = table.config
+        telemetry = config.telemetry if config is not None else None
+        access_log = config.access_log if config is not None else None
+        url = telemetry.zipkin if telemetry is not None else None
+        fallback = self.collector
+        enabled = telemetry.enabled if telemetry is not None else True
+        spans = enabled and (url is not None or fallback is not None)
+        if not spans and access_log is None:
+            old = self.recorder
+            if old is not None:
+                self.recorder = self.metrics.recorder = None
+                self.loop.create_task(old.close(self.loop))  # flushes what it holds, then ends
+            return
+        recorder = self.recorder
+        if recorder is None:
+            recorder = self.recorder = Recorder(zipkin=lambda: None, access_log=None)
+            self.metrics.recorder = recorder
+            if self._sweeper is not None:
+                recorder.start(self.loop)
+
+        def zipkin() -> str | None:
+            if url is not None:
+                return url
+            return fallback() if fallback is not None else None
+
+        recorder.zipkin = zipkin
+        recorder.spans_on = spans
+        recorder.access_log = access_log
+        if telemetry is not None:
+            recorder.service = telemetry.service_name
+            recorder.max_buffer = telemetry.max_buffer
 
     def set_endpoints(self, service: str, upstreams: Iterable[tuple[str, int]]) -> None:
         """Platform mode: the addresses (and weights) of ``service``'s routable instances."""
@@ -418,6 +488,8 @@ class Gateway:
     def start(self) -> None:
         if self._sweeper is None:
             self._sweeper = self.loop.create_task(self._sweep())
+            if self.recorder is not None:
+                self.recorder.start(self.loop)
 
     async def _sweep(self) -> None:
         while True:
@@ -437,8 +509,64 @@ class Gateway:
             if pool.next_refresh <= now:
                 pool.refresh(now)
         self.metrics.active_connections = len(self.connections)
+        if self.policies is not None:
+            self._policy_sweep(self.policies, now)
         for hook in self.on_sweep:
             hook(now)
+
+    # --- policies (their state lives in ``Policies``; this is the I/O side) ----------------
+
+    def _policy_sweep(self, policies: Policies, now: float) -> None:
+        shedder = policies.shedder
+        if shedder is not None:
+            # Loop lag: how late this sweep ran; CPU: this process's share of one core since
+            # the last sample (the worker is single-threaded, so one core is its ceiling).
+            cpu_now = time.process_time()
+            last_at, last_cpu = self._load_at
+            self._load_at = (now, cpu_now)
+            if last_at:
+                wall = now - last_at
+                lag = max(0.0, wall - SWEEP_SECONDS)
+                cpu = (cpu_now - last_cpu) / wall if wall > 0 else 0.0
+                shedder.observe_load(cpu, lag, now)
+        policies.expire(now)
+        self.drain_policies(now)
+        if policies.transitions:
+            transitions, policies.transitions = policies.transitions, []
+            for route, cluster, t in transitions:
+                self.metrics.breaker_transition(route, cluster, t.target)
+                log.warning(
+                    "gateway: breaker %s→%s %s → %s (%s: %s)",
+                    route,
+                    cluster,
+                    t.source,
+                    t.target,
+                    t.event,
+                    t.reason,
+                )
+        self.metrics.breaker_states = {
+            f"{route}|{cluster}": breaker.state
+            for (route, cluster), breaker in sorted(policies.breakers.items())
+        }
+
+    def drain_policies(self, now: float) -> None:
+        """Answer parked requests that were shed and start those whose slot came."""
+        policies = self.policies
+        if policies is None:
+            return
+        while policies.shed or policies.ready:
+            if policies.shed:
+                guard = policies.shed.pop(0)
+                owner = guard.owner
+                if isinstance(owner, ClientConnection):
+                    owner.refused_while_parked(guard)
+            else:
+                guard = policies.ready.pop(0)
+                owner = guard.owner
+                if isinstance(owner, ClientConnection):
+                    owner.unpark(guard, now)
+                else:
+                    policies.abandon(guard, now)
 
     async def close(self, drain: float | None = None) -> None:
         """Stop accepting, let requests in flight finish (up to ``drain`` s), close the rest."""
@@ -457,6 +585,8 @@ class Gateway:
             conn.abort()
         for pool in self.pools.values():
             pool.close()
+        if self.recorder is not None:
+            await self.recorder.close(self.loop)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -511,6 +641,20 @@ class ClientConnection(asyncio.Protocol):
         self._parser: Any = None
         self._message_complete = False
         self._processing = False
+        # Traffic policies and telemetry: set only for guarded routes / when recording.
+        self.cluster = ""
+        self.guard: Guard | None = None
+        self.parked = _WAIT  # the state to return to when a parked request gets its slot
+        self.capture: list[bytes] | None = None  # response bytes kept for the cache
+        self.capture_size = 0
+        self.capture_head = b""
+        self.tries_log: list[tuple[bytes, str, float, float, int, str]] | None = None
+        self.try_span = b""
+        self.server_span = b""
+        self.parent_span: bytes | None = None
+        self.trace_id = b""
+        self.host_b = b""
+        self.path = ""
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -536,6 +680,14 @@ class ClientConnection(asyncio.Protocol):
         if self.counted:
             self.gw.connections.discard(self)
             self.counted = False
+        guard = self.guard
+        if guard is not None:
+            self.guard = None
+            policies = self.gw.policies
+            if policies is not None:
+                now = self.gw.loop.time()
+                policies.abandon(guard, now)
+                self.gw.drain_policies(now)
         up = self.upstream
         if up is not None:
             self.upstream = None
@@ -670,7 +822,8 @@ class ClientConnection(asyncio.Protocol):
                 self.state = _WAIT
                 self.request_done = True
             else:
-                if state == _WAIT and len(buf) > self.gw.limits.max_header_bytes:
+                backlog = len(buf) > self.gw.limits.max_header_bytes
+                if backlog and state in (_WAIT, _PARKED):
                     self._pause_reading(_READ_BACKLOG)
                 return
 
@@ -680,7 +833,8 @@ class ClientConnection(asyncio.Protocol):
         return self._lower
 
     def _header(self, name: str) -> str | None:
-        value = _value(self._head, self._lower_head(), b"\r\n" + name.encode("latin-1") + b":")
+        key = b"\r\n" + name.lower().encode("latin-1") + b":"
+        value = _value(self._head, self._lower_head(), key)
         return None if value is None else value.decode("latin-1")
 
     def _start(self, head: bytes) -> None:
@@ -767,6 +921,8 @@ class ClientConnection(asyncio.Protocol):
         # One draw gives the span id and, when the request starts a trace, the trace id too.
         ids = b"%048x" % gw.rng.getrandbits(192)
         trace_id, sampled = self._trace(values, ids)
+        if gw.recorder is not None:
+            self._trace_ids(values, trace_id, ids, host_b, path)
         request_id = values.get(b"x-request-id")
         if request_id is not None:  # an id is opaque: keep the client's case
             request_id = _value(head, lower, b"\r\nx-request-id:") or request_id
@@ -807,7 +963,193 @@ class ClientConnection(asyncio.Protocol):
         self.hash_key = None if pool is None or pool.hash_on is None else self._hash_key(pool)
         self.total_deadline = gw.now + route.timeouts.total
         gw.budgets[route.name].on_request()
+        self.cluster = route.cluster
+        if route.guarded and gw.policies is not None:
+            view = RequestView(
+                method,
+                host,
+                path,
+                query,
+                self.peer.decode(),
+                self._header,
+                self._cookie,
+                found.params,
+            )
+            self._guarded(gw.policies.admit(route, view, self, gw.loop.time()))
+            return
         self._begin_try()
+
+    # --- traffic policies (guarded routes only) -------------------------------------------
+
+    def _cookie(self, name: str) -> str | None:
+        cookies = _value(self._head, self._lower_head(), b"\r\ncookie:")
+        if cookies is None:
+            return None
+        want = name.encode("latin-1")
+        for part in cookies.split(b";"):
+            key, _, value = part.strip().partition(b"=")
+            if key == want:
+                return value.decode("latin-1")
+        return None
+
+    def _guarded(self, guard: Guard) -> None:
+        kind = guard.kind
+        if kind == GO:
+            self.guard = guard
+            self.cluster = guard.cluster
+            if guard.cacheable:
+                self.capture = []
+                self.capture_size = 0
+            self._begin_try()
+        elif kind == WAIT:
+            self.guard = guard
+            self.parked = self.state
+            self.state = _PARKED
+            self.deadline = math.inf
+            self.deadline_kind = _D_NONE
+        elif kind == HIT:
+            entry = guard.entry
+            assert entry is not None
+            close = not self.request_done or not self._keep_alive
+            data = render_cached(
+                entry,
+                head_only=self.method == "HEAD",
+                close=close,
+                extra=self._extra_headers(guard, b"X-Cache: HIT\r\n"),
+                now=self.gw.loop.time(),
+            )
+            self._answer_local(entry.status, data, close)
+        else:
+            self._refused(guard)
+
+    def _extra_headers(self, guard: Guard | None, more: bytes = b"") -> bytes:
+        parts = [more]
+        if guard is not None:
+            parts.extend(name + b": " + value + b"\r\n" for name, value in guard.headers)
+        if self.request_id:
+            parts.append(b"X-Request-Id: " + self.request_id + b"\r\n")
+        return b"".join(parts)
+
+    def _refused(self, guard: Guard) -> None:
+        close = not self.request_done or not self._keep_alive
+        gw = self.gw
+        if guard.degrade:
+            stale = gw.policies.stale(guard, gw.loop.time()) if gw.policies else None
+            if stale is not None:
+                extra = self._extra_headers(None, b"X-Cache: STALE\r\n")
+                data = render_cached(
+                    stale,
+                    head_only=self.method == "HEAD",
+                    close=close,
+                    extra=extra,
+                    now=gw.loop.time(),
+                )
+                self._answer_local(stale.status, data, close, outcome=guard.status)
+                return
+        if guard.fallback is not None:
+            data = render_fallback(
+                guard.fallback,
+                head_only=self.method == "HEAD",
+                close=close,
+                extra=self._extra_headers(None),
+            )
+            self._answer_local(guard.fallback.status, data, close, outcome=guard.status)
+            return
+        extra = b"".join(name + b": " + value + b"\r\n" for name, value in guard.headers)
+        data = _simple_response(
+            guard.status, guard.message, close=close, request_id=self.request_id, extra=extra
+        )
+        self._answer_local(guard.status, data, close)
+
+    def refused_while_parked(self, guard: Guard) -> None:
+        if self.guard is not guard or self.state == _CLOSED:
+            return
+        self.guard = None
+        self.state = self.parked
+        self._refused(guard)
+
+    def unpark(self, guard: Guard, now: float) -> None:
+        policies = self.gw.policies
+        if self.guard is not guard or self.state != _PARKED or policies is None:
+            if policies is not None:
+                policies.abandon(guard, now)
+            return
+        self.guard = None
+        self.state = self.parked
+        self._guarded(policies.resume(guard, now))
+        if self.state == _BODY and self.buf:
+            self._run()  # body bytes that arrived while the request waited
+
+    def _answer_local(self, status: int, data: bytes, close: bool, outcome: int = 0) -> None:
+        """Answer the request from the gateway itself (cache, fallback, refusal)."""
+        transport = self.transport
+        if transport is None or self.state == _CLOSED:
+            return
+        self.responded = True
+        self._finish(status, self.gw.loop.time(), None, outcome or status)
+        transport.write(data)
+        if close:
+            self._keep_alive = False
+            self.close()
+        else:
+            self._next_request()
+
+    def _finish(self, status: int, now: float, try_latency: float | None, outcome: int) -> None:
+        """Account for a request answered with ``status`` (``outcome``: what the upstream
+        did, when a fallback or stale entry hid it)."""
+        route = self.route
+        if route is None:
+            return
+        gw = self.gw
+        gw.metrics.route(route.name).observe(status, now - self.started, try_latency)
+        guard = self.guard
+        if guard is not None:
+            self.guard = None
+            policies = gw.policies
+            if policies is not None:
+                capture = self.capture
+                if capture is not None:
+                    self.capture = None
+                    if outcome == status and self.capture_head:
+                        policies.store(guard, status, self.capture_head, b"".join(capture), now)
+                policies.finish(guard, outcome, now)
+                if policies.ready or policies.shed:
+                    gw.drain_policies(now)
+        recorder = gw.recorder
+        if recorder is not None:
+            recorder.record(
+                (
+                    self.trace_id,
+                    self.server_span,
+                    self.parent_span,
+                    self.started,
+                    now,
+                    self.method,
+                    self.host_b,
+                    self.path,
+                    status,
+                    route.name,
+                    self.peer,
+                    self.request_id,
+                    self.tries_log,
+                )
+            )
+            self.tries_log = None
+
+    def _trace_ids(
+        self, values: dict[bytes, bytes], trace_id: bytes, ids: bytes, host: bytes, path: str
+    ) -> None:
+        """Span ids for the recorder: the try's CLIENT span is the id sent in traceparent."""
+        self.trace_id = trace_id
+        self.try_span = ids[32:]
+        self.server_span = b"%016x" % self.gw.rng.getrandbits(64)
+        parent = values.get(b"traceparent")
+        self.parent_span = None
+        if parent is not None and len(parent) == 55 and parent[3:35] == trace_id:
+            self.parent_span = parent[36:52]
+        self.tries_log = []
+        self.host_b = host
+        self.path = path
 
     def _trace(self, values: dict[bytes, bytes], ids: bytes) -> tuple[bytes, bytes]:
         """The trace id to continue (W3C traceparent, else B3) or a new one; and the flags.
@@ -851,12 +1193,16 @@ class ClientConnection(asyncio.Protocol):
         gw = self.gw
         route = self.route
         assert route is not None
-        pool = gw.pools.get(route.cluster)
+        pool = gw.pools.get(self.cluster)
         endpoint = pool.pick(gw.rng, self.hash_key, self.tried) if pool is not None else None
         if pool is None or endpoint is None:
             reason = "no endpoints" if pool is None or not pool.endpoints else "no healthy endpoint"
-            self._answer_error(503, f"{reason} for route {route.name}")
+            self._answer_error(503, f"{reason} for route {route.name}", fallback=True)
             return
+        if self.tries_log:  # a retry, recorded: it is a new CLIENT span, so a new id upstream
+            old = self.try_span
+            self.try_span = b"%016x" % gw.rng.getrandbits(64)
+            self.out_head = self.out_head.replace(b"-" + old + b"-", b"-" + self.try_span + b"-", 1)
         self.pool = pool
         self.endpoint = endpoint
         endpoint.active += 1
@@ -918,11 +1264,28 @@ class ClientConnection(asyncio.Protocol):
     def response_head(self, conn: UpstreamConnection, status: int, head: bytes) -> bool:
         """The upstream's final response head arrived; False means "retrying, drop it"."""
         if status in RETRYABLE_STATUS and self._may_retry(status):
+            self.status = status
             self._end_try(conn, "5xx", reusable=False)
             self._retry()
             return False
-        self.responded = True
         self.status = status
+        guard = self.guard
+        if guard is not None:
+            if status >= 500 and self._stale_instead(conn, guard, status):
+                return False
+            if self.capture is not None:
+                framer = conn.framer
+                if conn.until_close or status == 101 or (framer is not None and framer.chunked):
+                    self.capture = None  # only Content-Length bodies are cached
+                else:
+                    self.capture_head = head
+            if guard.headers:
+                head = (
+                    head[:-2]
+                    + b"".join(n + b": " + v + b"\r\n" for n, v in guard.headers)
+                    + b"\r\n"
+                )
+        self.responded = True
         transport = self.transport
         if transport is None or self.state == _CLOSED:
             return True
@@ -949,10 +1312,42 @@ class ClientConnection(asyncio.Protocol):
             reusable=reusable and self.request_done,
             latency=try_latency,
         )
-        route = self.route
-        if route is not None:
-            gw.metrics.route(route.name).observe(status, now - self.started, try_latency)
+        self._finish(status, now, try_latency, status)
         self._next_request()
+
+    def keep(self, data: bytes) -> None:
+        """Response body bytes for the cache, up to the route's entry size."""
+        capture = self.capture
+        guard = self.guard
+        if capture is None or guard is None:
+            return
+        self.capture_size += len(data)
+        if self.capture_size > guard.rt.cache_max_entry:
+            self.capture = None
+        else:
+            capture.append(data)
+
+    def _stale_instead(self, conn: UpstreamConnection, guard: Guard, status: int) -> bool:
+        """stale-if-error: serve a stale cached entry instead of an upstream 5xx."""
+        policies = self.gw.policies
+        if policies is None or guard.rt.cache_ttl is None:
+            return False
+        entry = policies.stale(guard, self.gw.loop.time())
+        if entry is None:
+            return False
+        self._end_try(conn, "5xx", reusable=False)
+        self.capture = None
+        close = not self.request_done or not self._keep_alive
+        extra = self._extra_headers(None, b"X-Cache: STALE\r\n")
+        data = render_cached(
+            entry,
+            head_only=self.method == "HEAD",
+            close=close,
+            extra=extra,
+            now=self.gw.loop.time(),
+        )
+        self._answer_local(entry.status, data, close, outcome=status)
+        return True
 
     def upstream_failed(self, conn: UpstreamConnection, why: str) -> None:
         """The try failed before any response byte reached the client, or mid-response."""
@@ -1010,6 +1405,19 @@ class ClientConnection(asyncio.Protocol):
         gw = self.gw
         endpoint = self.endpoint
         pool = self.pool
+        tries_log = self.tries_log
+        if tries_log is not None and endpoint is not None and pool is not None:
+            status = 0 if outcome == "connect" else self.status
+            tries_log.append(
+                (
+                    self.try_span,
+                    endpoint.address,
+                    self.try_started,
+                    gw.loop.time(),
+                    status,
+                    pool.cluster.key,
+                )
+            )
         if endpoint is not None:
             endpoint.active -= 1
             self.endpoint = None
@@ -1054,14 +1462,44 @@ class ClientConnection(asyncio.Protocol):
 
     # --- errors, deadlines, closing -------------------------------------------------------
 
-    def _answer_error(self, status: int, message: str) -> None:
-        """Answer a request whose tries failed (or never started)."""
+    def _answer_error(self, status: int, message: str, *, fallback: bool = False) -> None:
+        """Answer a request whose tries failed (or never started); ``fallback``: no endpoint
+        could take it, so the route's fallback may answer instead."""
         route = self.route
-        if route is not None:
-            now = self.gw.loop.time()
-            self.gw.metrics.route(route.name).observe(status, now - self.started, None)
+        guard = self.guard
+        degradable = guard is not None or (fallback and route is not None and route.fallback)
+        if route is not None and degradable and self._degrade(route, guard, status, fallback):
+            return
+        self._finish(status, self.gw.loop.time(), None, status)
         self.responded = True
         self._fail(status, message, close=not self.request_done or not self._keep_alive)
+
+    def _degrade(
+        self, route: CompiledRoute, guard: Guard | None, status: int, fallback: bool
+    ) -> bool:
+        if self.upstream is not None:
+            self._end_try(self.upstream, "ok", reusable=False)
+        close = not self.request_done or not self._keep_alive
+        head_only = self.method == "HEAD"
+        policies = self.gw.policies
+        if guard is not None and policies is not None and guard.rt.cache_ttl is not None:
+            entry = policies.stale(guard, self.gw.loop.time())
+            if entry is not None:
+                self.capture = None
+                extra = self._extra_headers(None, b"X-Cache: STALE\r\n")
+                data = render_cached(
+                    entry, head_only=head_only, close=close, extra=extra, now=self.gw.loop.time()
+                )
+                self._answer_local(entry.status, data, close, outcome=status)
+                return True
+        if fallback and route.fallback is not None:
+            self.capture = None
+            data = render_fallback(
+                route.fallback, head_only=head_only, close=close, extra=self._extra_headers(None)
+            )
+            self._answer_local(route.fallback.status, data, close, outcome=status)
+            return True
+        return False
 
     def _fail(self, status: int, message: str, *, close: bool = True) -> None:
         transport = self.transport
@@ -1284,6 +1722,8 @@ class UpstreamConnection(asyncio.Protocol):
                     if not client.response_head(self, status, head):
                         return
                     out.write(client.pending_head + data if data else client.pending_head)
+                    if client.capture is not None:
+                        client.capture.append(data)
                     client.response_done(self, self.keep_alive)
                     return
                 self.framer = BodyFramer(length)
@@ -1307,6 +1747,8 @@ class UpstreamConnection(asyncio.Protocol):
         framer = self.framer
         assert framer is not None
         n, done = framer.feed(data)
+        if client.capture is not None:
+            client.keep(data[:n])
         if n == len(data):
             out.write(head + data if head else data)
         else:

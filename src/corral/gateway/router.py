@@ -23,7 +23,11 @@ presence. Paths are matched as sent (no percent-decoding, no dot-segment removal
 
 Invariants: compiling is deterministic (no set iteration); matching reads nothing but its
 arguments; a route's cluster key is ``service:<name>`` (platform mode, endpoints supplied by the
-caller) or ``static:<route name>`` (its own upstream list).
+caller) or ``static:<route name>`` (its own upstream list). A route with a traffic ``split``
+also gets a cluster per backend: ``service:<name>`` for another service and
+``service:<route's service>@<release>`` for one release of its own service (the platform
+supplies those endpoints too). ``guarded`` marks the routes whose requests go through the
+traffic policies (``corral.gateway.policies``); every other route takes the plain path.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from corral.gateway.config import (
     Route,
     Timeouts,
 )
+from corral.gateway.policy_config import Fallback
 
 __all__ = ["Cluster", "CompiledRoute", "RouteMatch", "RouteTable", "compile_routes"]
 
@@ -86,6 +91,9 @@ class CompiledRoute:
     retries: Retries
     timeouts: Timeouts
     route: Route = field(compare=False)
+    guarded: bool = False  # rate limits, concurrency, breaker, split or cache apply
+    fallback: Fallback | None = None
+    backends: tuple[tuple[str, str], ...] = ()  # split backend name → cluster key
 
     def upstream_path(self, path: str, params: Mapping[str, str]) -> str:
         """The path to send upstream after this route's rewrite (``path`` when none)."""
@@ -120,6 +128,7 @@ class RouteTable:
     routes: tuple[CompiledRoute, ...]
     clusters: Mapping[str, Cluster]
     by_name: Mapping[str, CompiledRoute]
+    config: GatewayConfig | None = None  # what the policies are built from
 
     def match(
         self,
@@ -195,7 +204,25 @@ def _template_pattern(template: str) -> re.Pattern[str]:
     return re.compile(out + re.escape(template[pos:]) + "$")
 
 
-def _compile_route(route: Route) -> CompiledRoute:
+def split_backends(route: Route) -> tuple[tuple[str, str], ...]:
+    """(backend name, cluster key) of each backend of a route's split, in config order."""
+    split = route.split
+    if split is None:
+        return ()
+    backends: list[tuple[str, str]] = []
+    entries = [(b.name, b.release, b.service) for b in split.to]
+    if split.mirror is not None:
+        to = split.mirror.to
+        name = f"release-{to.release}" if to.release is not None else str(to.service)
+        entries.append((name, to.release, to.service))
+    for name, release, service in entries:
+        key = f"service:{route.service}@{release}" if release is not None else f"service:{service}"
+        if (name, key) not in backends:
+            backends.append((name, key))
+    return tuple(backends)
+
+
+def _compile_route(route: Route, adaptive: bool = False) -> CompiledRoute:
     m = route.match
     host = host_suffix = None
     if m.host is not None:
@@ -232,6 +259,9 @@ def _compile_route(route: Route) -> CompiledRoute:
         retries=route.retries,
         timeouts=route.timeouts,
         route=route,
+        guarded=adaptive or route.has_policies(),
+        fallback=route.fallback,
+        backends=split_backends(route),
     )
 
 
@@ -249,7 +279,8 @@ def _order(route: CompiledRoute, index: int) -> tuple[int, ...]:
 
 def compile_routes(config: GatewayConfig, version: int = 0) -> RouteTable:
     """Compile a validated config into the table workers match on."""
-    compiled = [_compile_route(r) for r in config.routes]
+    adaptive = config.adaptive is not None
+    compiled = [_compile_route(r, adaptive) for r in config.routes]
     order = sorted(range(len(compiled)), key=lambda i: _order(compiled[i], i))
     routes = tuple(compiled[i] for i in order)
     clusters: dict[str, Cluster] = {}
@@ -264,9 +295,20 @@ def compile_routes(config: GatewayConfig, version: int = 0) -> RouteTable:
             outlier=route.outlier,
             health_check=route.health_check,
         )
+    for done in compiled:
+        for _, key in done.backends:
+            if key not in clusters:
+                clusters[key] = Cluster(
+                    key=key,
+                    upstreams=(),
+                    lb=done.route.lb,
+                    outlier=done.route.outlier,
+                    health_check=None,
+                )
     return RouteTable(
         version=version,
         routes=routes,
         clusters=clusters,
         by_name={r.name: r for r in compiled},
+        config=config,
     )

@@ -22,6 +22,15 @@ within about half a second:
 - ``metrics-<i>.json`` — each worker's counters, written every second; the supervisor's admin
   listener (``admin: {listen: …}``) sums them for ``GET /metrics`` (Prometheus text) and answers
   ``GET /healthz``.
+- ``tier-<i>.json`` — ``{at, demands: {limiter: requests/s}}``: tier-wide rate limits. A
+  configured rate limit is the limit of the whole gateway, not of one worker. Every
+  ``tier.period`` (1 s) each worker publishes the demand it saw for each limiter (requests
+  offered per second, admitted or not) and reads every worker's file; each worker runs the
+  same allocation over the same reports (``ratelimit.TierShare``: max-min fair shares of the
+  rate, decreases applied at once, increases one period later, a silent worker dropped after
+  ``tier.stale_after``) and runs its buckets at its share. Workers start at 1/N each. The error
+  is exchange lag: the shares in force never sum above the limit, and the tests measure the
+  tier's admissions within 10 % of the configured rate.
 
 TLS (``tls: {cert, key}``) is terminated by the workers; the certificate files are re-read on
 every config version and whenever their mtime changes, into the same ``SSLContext``, so new
@@ -49,7 +58,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from corral import ids
+from corral import clock, ids
 from corral.errors import CorralError
 from corral.gateway.config import GatewayConfig, load_gateway_config, parse_address
 from corral.gateway.healthcheck import HealthChecker
@@ -236,6 +245,9 @@ class _Worker:
         self.tls_mtimes: tuple[float, float] = (0.0, 0.0)
         self.next_metrics = 0.0
         self.next_poll = 0.0
+        self.next_tier = 0.0
+        self.tier_at = 0.0
+        self.tier_period = 1.0
         self.loading = False
 
     def _read_config(self) -> tuple[int, GatewayConfig]:
@@ -259,11 +271,14 @@ class _Worker:
         self.config_mtime = os.stat(self.state / CONFIG_FILE).st_mtime  # noqa: PTH116 - once at start, before serving
         self.version, config = self._read_config()
         self._load_tls(config)
+        self.tier_period = config.tier.period
         self.gw = gw = Gateway(
             compile_routes(config, self.version),
             config.limits,
             rng=ids.system_random(),
             scheme="https" if config.tls is not None else "http",
+            worker=str(self.index),
+            workers=config.workers,
         )
         self._poll_health()
         host, port = parse_address(listen)
@@ -294,10 +309,35 @@ class _Worker:
                         assert self.tls is not None
                         self.tls.load_cert_chain(files[0], files[1])
                         self.tls_mtimes = mtimes
+        policies = gw.policies
+        if policies is not None and policies.tier and now >= self.next_tier:
+            self.next_tier = now + self.tier_period
+            with contextlib.suppress(OSError):
+                self._exchange_tier(now)
         if now >= self.next_metrics:
             self.next_metrics = now + METRICS_EVERY
             with contextlib.suppress(OSError):
                 _write_atomic(self.state / f"metrics-{self.index}.json", gw.metrics.snapshot())
+
+    def _exchange_tier(self, now: float) -> None:
+        """Publish this worker's demand per tier-wide limiter; rebalance from everyone's."""
+        gw = self.gw
+        assert gw is not None and gw.policies is not None
+        policies = gw.policies
+        elapsed = now - self.tier_at if self.tier_at else self.tier_period
+        self.tier_at = now
+        wall = clock.wall()  # reports are compared across processes
+        _write_atomic(
+            self.state / f"tier-{self.index}.json",
+            {"at": wall, "demands": policies.demands(elapsed)},
+        )
+        reports: dict[str, tuple[float, dict[str, float]]] = {}
+        for path in sorted(self.state.glob("tier-*.json")):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                data = json.loads(path.read_text())
+                worker = path.stem[len("tier-") :]
+                reports[worker] = (float(data["at"]), dict(data["demands"]))
+        policies.rebalance(reports, wall, gw.loop.time())
 
     def _poll_config(self) -> None:
         try:
@@ -319,6 +359,7 @@ class _Worker:
             table = await loop.run_in_executor(None, compile_routes, config, version)
             if version > self.version:
                 self._load_tls(config)
+                self.tier_period = config.tier.period
                 gw.apply(table)  # one assignment swaps the table: requests see old or new
                 self.version = version
         except Exception:
