@@ -364,9 +364,21 @@ class Reconciler:
                     message=f"automatic rollback: {action.reason}",
                     automatic=True,
                 )
-            except Exception:
+                return
+            except Exception as exc:
+                # Never retry a failing rollback on every pass: fail the rollout and say why.
                 log.exception("automatic rollback of %s failed", name)
-            return
+                action = planner.RolloutProgress(
+                    name,
+                    action.step,
+                    action.progress,
+                    "failed",
+                    f"{action.reason}; the automatic rollback failed: {exc}",
+                )
+                revision, current = await releases.read_rollout(self.store, name)
+                if current is None:
+                    return
+                rollout, ops = current, []
         if action.progress != rollout.progress:
             rollout.last_progress_at = now
         rollout.step, rollout.progress = action.step, action.progress
