@@ -108,13 +108,13 @@ def brute_keys(spans: list[Span]) -> list[tuple[int, Key, Span]]:
         if s.parent_id is None:
             flags |= ROOT
             api = roots[s.trace_id]
+        elif s.kind in CALLEE_KINDS or s.kind in CALLER_KINDS:
+            api = roots.get(s.trace_id, "")
         if s.kind in CALLEE_KINDS and s.caller_id:
             caller = by_id.get((s.trace_id, s.caller_id))
             if caller is not None and caller.service != s.service:
                 peer, flags = caller.service, flags | EDGE_IN
         elif s.kind in CALLER_KINDS:
-            if s.parent_id is not None:
-                api = roots.get(s.trace_id, "")
             found = callee.get((s.trace_id, s.span_id))
             if found:
                 peer = found

@@ -48,6 +48,7 @@ PURE_MODULES = [
     "corral.telemetry.normalize",
     "corral.telemetry.rollup",
     "corral.telemetry.model",
+    "corral.telemetry.slo",
     "corral.consensus",
     "corral.consensus.messages",
     "corral.consensus.storage",

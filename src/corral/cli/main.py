@@ -687,6 +687,77 @@ def top(by: str, group: str, minutes: int, n: int, as_json: bool) -> None:
     render.json_or_table(result, as_json, "top")
 
 
+@cli.command()
+@click.option("--route", default=None, help="Only this gateway route.")
+@click.option("--json", "as_json", is_flag=True)
+def slo(route: str | None, as_json: bool) -> None:
+    """SLOs of the gateway's routes: error budget left and burn rates (1 h/5 min, 6 h/30 min)."""
+    query = {"route": route} if route else {}
+    result = _client().request("GET", "/telemetry/slo", query=query)
+    if as_json:
+        render.json_or_table(result, True, "slo")
+        return
+    rows: list[dict[str, Any]] = []
+    for r in result["routes"]:
+        for o in r["objectives"]:
+            objective = (
+                f"{o['target'] * 100:g}% ok"
+                if o["kind"] == "availability"
+                else f"{o['target'] * 100:g}% ≤ {o['threshold_us'] / 1000:g}ms"
+            )
+            firing = [a["name"] for a in o["alerts"] if a["firing"]]
+            rows.append(
+                {
+                    "route": r["route"],
+                    "objective": objective,
+                    "window": f"{r['window_s'] / 86400:g}d",
+                    "requests": o["requests"],
+                    "budget_left": f"{o['budget_left'] * 100:.1f}%",
+                    "burn_1h/5m": f"{o['burn']['1h']:.1f}/{o['burn']['5m']:.1f}",
+                    "burn_6h/30m": f"{o['burn']['6h']:.1f}/{o['burn']['30m']:.1f}",
+                    "alert": ",".join(firing) or "-",
+                }
+            )
+    if not rows and not result.get("gateway_config"):
+        render.out.print("no gateway config: declare gateway.routes[*].slo in the manifest")
+        return
+    render.json_or_table(rows, False, "SLOs")
+
+
+@cli.command()
+@click.option("--host", default=None, help="A host name (as instances report host.name).")
+@click.option("--instance", default=None, help="An instance id.")
+@click.option("--sql", default=None, help="A statement fingerprint (or a raw statement).")
+@click.option("--minutes", default=15, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def impact(
+    host: str | None, instance: str | None, sql: str | None, minutes: int, as_json: bool
+) -> None:
+    """The external APIs whose requests reach a host, an instance or a SQL statement."""
+    given = {k: v for k, v in (("host", host), ("instance", instance), ("sql", sql)) if v}
+    if len(given) != 1:
+        raise UserError(
+            "give exactly one of --host, --instance and --sql", "corral impact --instance ID"
+        )
+    result = _client().request("GET", "/telemetry/impact", query={**given, "minutes": minutes})
+    if as_json:
+        render.json_or_table(result, True, "impact")
+        return
+    rows = [
+        {
+            "api": a["api"],
+            "requests": a["requests"],
+            "traffic": f"{a['traffic_share'] * 100:.1f}%",
+            "time": f"{a['time_share'] * 100:.1f}%",
+            "calls": a["calls"],
+            "errors": a["target_errors"],
+            "p95_ms": a["target_p95_us"] / 1000,
+        }
+        for a in result["apis"]
+    ]
+    render.json_or_table(rows, False, f"APIs reaching {result['target']}")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

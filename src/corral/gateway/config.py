@@ -33,7 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from corral.errors import ManifestError, NotFound, Problem
 from corral.gateway.policy_config import (
@@ -57,6 +66,7 @@ __all__ = [
     "Retries",
     "Rewrite",
     "Route",
+    "Slo",
     "Telemetry",
     "Timeouts",
     "Tls",
@@ -72,6 +82,9 @@ ROUTE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62})$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 HOST_PATTERN = re.compile(r"^(\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 TEMPLATE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+QUANTILE_KEY = re.compile(r"^p(\d{1,2}(\.\d{1,3})?)$")
+SLO_MAX_WINDOW_S = 30 * 86400  # the collector's rollup retention (telemetry.store.Retention)
+SLO_MIN_WINDOW_S = 3600  # the burn-rate alert windows run from 5 min to 6 h
 HASH_ON = re.compile(r"^(client_ip|path|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|cookie:[^\s;=]+)$")
 
 
@@ -274,6 +287,88 @@ class Upstream(_Model):
     weight: int = Field(default=1, ge=1, le=1000)
 
 
+def _availability(value: object) -> object:
+    """``99.9%`` or ``99.9`` → 99.9 (a percentage of requests that must succeed)."""
+    if isinstance(value, str):
+        text = value.strip().removesuffix("%").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            raise problem(f"{value!r} is not a percentage", "write it like 99.9%") from None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 1 < value < 100:
+            raise problem(
+                f"availability {value} is not a percentage between 1 and 100 (exclusive)",
+                "write the share of requests that must succeed, like 99.9%",
+            )
+        return float(value)
+    return value
+
+
+def _quantile_key(value: object) -> object:
+    if isinstance(value, str):
+        found = QUANTILE_KEY.match(value)
+        if not found or not 0 < float(found.group(1)) < 100:
+            raise problem(
+                f"{value!r} is not a latency quantile",
+                "write pNN, like p95: 300ms or p99.9: 1s",
+            )
+    return value
+
+
+def _slo_window(seconds: float) -> float:
+    if not SLO_MIN_WINDOW_S <= seconds <= SLO_MAX_WINDOW_S:
+        longer = " (longer than the collector keeps rollups)" if seconds > SLO_MAX_WINDOW_S else ""
+        raise problem(
+            f"window {_human(seconds)} is outside 1h…30d{longer}",
+            "use a window between 1h and 30d, like 30d or 7d",
+        )
+    return seconds
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+_PERCENT_JSON: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 1, "exclusiveMaximum": 100},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%?\s*$"},
+    ],
+    "description": "a percentage: 99.9% or 99.9",
+}
+
+
+class Slo(_Model):
+    """A service-level objective, measured at the gateway on the route's edge spans."""
+
+    availability: (
+        Annotated[float, BeforeValidator(_availability), WithJsonSchema(_PERCENT_JSON)] | None
+    ) = Field(default=None, description="% of requests that must not fail (5xx), like 99.9%")
+    latency: dict[Annotated[str, BeforeValidator(_quantile_key)], PositiveDuration] = Field(
+        default_factory=dict, description="pNN: bound, like {p95: 300ms}"
+    )
+    window: Annotated[Duration, AfterValidator(_slo_window)] = Field(
+        default=30 * 86400.0, description="the compliance window, 1h…30d"
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> Slo:
+        if self.availability is None and not self.latency:
+            raise problem(
+                "an SLO needs an availability or a latency objective",
+                "like slo: {availability: 99.9%, latency: {p95: 300ms}}",
+            )
+        return self
+
+    def latency_targets(self) -> list[tuple[float, float]]:
+        """(fraction of requests, bound in seconds) for each latency objective, by quantile."""
+        return sorted((round(float(k[1:]) / 100, 6), v) for k, v in self.latency.items())
+
+
 def _upstream(value: object) -> object:
     return {"address": value} if isinstance(value, str) else value
 
@@ -293,6 +388,7 @@ class Route(RoutePolicies):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     health_check: HealthCheck | None = None
     outlier: Outlier = Field(default_factory=Outlier)
+    slo: Slo | None = Field(default=None, description="objectives measured at the gateway")
 
     @model_validator(mode="after")
     def _target(self) -> Route:

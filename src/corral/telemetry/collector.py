@@ -5,6 +5,7 @@
     GET  /api/v2/services | spans?serviceName= | remoteServices?serviceName= | traces | trace/{id}
          | dependencies        the Zipkin v2 query API, so Zipkin UIs and tools work unchanged
     GET  /telemetry/trace/{id} | traces | dependencies | latency | top | slow-sql   JSON queries
+    GET  /telemetry/slo | impact | hosts     SLO status per route, impact analysis, host metrics
     GET  /health  /metrics
 
 Ingest is decoupled from the store: a handler decodes (a malformed body is a 400 and nothing of
@@ -18,6 +19,10 @@ Security (DESIGN.md): on a loopback listener ingest, the Zipkin API, /metrics an
 without a token; elsewhere ingest needs the ingest (or admin) token and the Zipkin API the read
 (or admin) token. The /telemetry JSON queries always need the read or admin token: the platform
 API fronts them.
+
+SLOs are read from the live gateway config, fetched through the API's remote Store when
+asked (`slo_report`); host metrics are sampled by this process every 10 s into its own small
+time series (`hostmetrics`), shown at /metrics and /telemetry/hosts.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import hmac
 import ipaddress
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,10 +44,20 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from corral import clock
+from corral import clock, model
 from corral.errors import CorralError, Forbidden, NotFound, Unauthorized, UserError
+from corral.gateway.config import GatewayConfig, validate_gateway_data
 from corral.home import Home
-from corral.telemetry import otlp, queries, zipkin
+from corral.store.remote import RemoteStore
+from corral.telemetry import impact, otlp, queries, slo_report, zipkin
+from corral.telemetry.hostmetrics import (
+    FIELDS,
+    MAX_INSTANCES,
+    HostSampler,
+    HostSeries,
+    SeriesRetention,
+    exposition,
+)
 from corral.telemetry.model import Facts, Span
 from corral.telemetry.normalize import Normalizer
 from corral.telemetry.rollup import Cell, Key, Linker, accumulate
@@ -53,6 +69,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 INGEST_PATHS = frozenset({"/api/v2/spans", "/v1/traces"})
 OPEN_PATHS = frozenset({"/health"})
 STORE_BACKOFF_S = 1.0  # after a failed write, refuse ingest (503) this long, then try again
+GATEWAY_CONFIG_KEY = model.PREFIX + "gateway/config"  # as corral.gateway.platform.CONFIG_KEY
+GatewaySource = Callable[[], Awaitable[GatewayConfig | None]]
 _json = msgspec.json.Encoder()
 
 
@@ -63,30 +81,55 @@ class CollectorConfig:
     link_window_s: float = 10.0  # how long a span waits for its caller/callee/root
     prune_every_s: float = 60.0
     retention: Retention = field(default_factory=Retention)
+    host_metrics: SeriesRetention = field(default_factory=SeriesRetention)
 
 
 class Ingestor:
     """The writer's side, synchronous (it runs on the store thread): normalise each span, join
     it in the `Linker`, and store spans with the rollup cells that became final."""
 
-    def __init__(self, store: SpanStore, window_s: float = 10.0) -> None:
+    def __init__(
+        self, store: SpanStore, window_s: float = 10.0, series: HostSeries | None = None
+    ) -> None:
         self.store = store
         self.normalizer = Normalizer()
         self.linker = Linker(window_s=window_s)
         self.stored = 0
+        self.series = series
+        # instance → host.name of its spans ("" until one says), for impact by host
+        self.hosts: dict[str, str] = series.instance_hosts() if series is not None else {}
 
     def ingest(self, spans: list[Span], now_s: float) -> None:
         facts = self.normalizer.facts
         offer = self.linker.offer
+        hosts = self.hosts
+        learnt: list[tuple[str, str]] = []
         pairs: list[tuple[Span, Facts]] = []
         cells: dict[tuple[int, Key], Cell] = {}
         for span in spans:
             f = facts(span)
             pairs.append((span, f))
             accumulate(cells, offer(span, f, now_s))
+            if not hosts.get(span.instance):
+                host = span.attributes.get("host.name", "")
+                if host or span.instance not in hosts:
+                    hosts[span.instance] = host
+                    if host:
+                        learnt.append((span.instance, host))
         accumulate(cells, self.linker.expire(now_s))
         self.store.write(pairs, cells)
         self.stored += len(pairs)
+        if len(hosts) > MAX_INSTANCES:
+            hosts.clear()  # relearnt from the next spans; the saved table keeps the newest
+        if learnt and self.series is not None:
+            self.series.save_instance_hosts(learnt, int(now_s))
+
+    def instance_hosts(self) -> dict[str, str]:
+        """Which host each instance runs on (safe to call from any thread)."""
+        saved = self.series.instance_hosts() if self.series is not None else {}
+        live = self.hosts.copy()  # one C-level copy: safe while the writer adds entries
+        saved.update((i, h) for i, h in live.items() if h)
+        return saved
 
     def tick(self, now_s: float) -> None:
         cells: dict[tuple[int, Key], Cell] = {}
@@ -117,11 +160,18 @@ class Collector:
         *,
         tokens: Callable[[], Mapping[str, str]] = dict,
         config: CollectorConfig | None = None,
+        gateway_config: GatewaySource | None = None,
+        series: HostSeries | None = None,
+        disk_path: str | Path = "/",
     ) -> None:
         self.store = store
         self.tokens = tokens
         self.config = config or CollectorConfig()
-        self.ingestor = Ingestor(store, self.config.link_window_s)
+        self.gateway_config = gateway_config
+        self.series = series
+        self.host = socket.gethostname()  # as the agent stamps host.name on instances
+        self.sampler = HostSampler(disk_path) if series is not None else None
+        self.ingestor = Ingestor(store, self.config.link_window_s, series)
         self.loopback = True
         self.received = 0
         self.dropped = 0
@@ -130,7 +180,9 @@ class Collector:
         self._queue: asyncio.Queue[list[Span] | None] = asyncio.Queue()
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="telemetry-store")
         self._query_pool = ThreadPoolExecutor(2, thread_name_prefix="telemetry-query")
+        self._metrics_pool = ThreadPoolExecutor(1, thread_name_prefix="telemetry-metrics")
         self._writer: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
         self._closing = False
         self._store_error = ""
         self._failed_at = 0.0
@@ -155,6 +207,9 @@ class Collector:
         r.add_get("/telemetry/latency", self.q_latency)
         r.add_get("/telemetry/top", self.q_top)
         r.add_get("/telemetry/slow-sql", self.q_slow_sql)
+        r.add_get("/telemetry/slo", self.q_slo)
+        r.add_get("/telemetry/impact", self.q_impact)
+        r.add_get("/telemetry/hosts", self.q_hosts)
         r.add_get("/health", self.health)
         r.add_get("/metrics", self.metrics)
         return app
@@ -163,6 +218,8 @@ class Collector:
         """Listen and start the writer; returns the base URL (``http://host:port``)."""
         self.loopback = is_loopback(host)
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        if self.series is not None:
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_loop())
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -180,6 +237,10 @@ class Collector:
         self._closing = True
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         if self._writer is not None:
             await self._queue.put(None)
             await self._writer
@@ -190,6 +251,9 @@ class Collector:
             await loop.run_in_executor(self._writer_pool, close)
         self._writer_pool.shutdown()
         self._query_pool.shutdown()
+        self._metrics_pool.shutdown()
+        if self.series is not None:
+            self.series.close()
 
     async def drained(self) -> None:
         """Wait until everything accepted so far is stored (tests, benchmarks)."""
@@ -238,6 +302,22 @@ class Collector:
                 last_prune = clock.monotonic()
                 now_us = int(clock.wall() * 1_000_000)
                 await loop.run_in_executor(self._writer_pool, self.store.prune, now_us)
+
+    def sample_host(self) -> None:
+        """Take one host sample now (the sampler's step; tests call it directly)."""
+        assert self.sampler is not None and self.series is not None
+        self.series.add(self.host, self.sampler.sample(clock.wall()))
+
+    async def _sample_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = max(1, self.config.host_metrics.interval_s)
+        while True:
+            try:
+                await loop.run_in_executor(self._metrics_pool, self.sample_host)
+            except Exception:  # a failed sample is a gap in the series, not a dead collector
+                log.exception("sampling host metrics failed")
+            now = clock.wall()
+            await asyncio.sleep(interval - now % interval)  # on the interval's boundaries
 
     # -- security and errors ------------------------------------------------------------
     @web.middleware
@@ -430,6 +510,58 @@ class Collector:
         )
         return _json_response(result)
 
+    async def q_slo(self, request: web.Request) -> web.Response:
+        source = self.gateway_config
+        config = await source() if source is not None else None
+        routes = slo_report.objectives_of(config) if config is not None else []
+        routes = slo_report.only(routes, request.query.get("route", ""))
+        now_us = _int(request.query, "end", int(clock.wall() * 1_000_000))
+        result = await self._run(slo_report.report, self.store, routes, now_us)
+        return _json_response({"gateway_config": config is not None, "routes": result})
+
+    async def q_impact(self, request: web.Request) -> web.Response:
+        start, end = self._window(request, default_s=900)
+        q = request.query
+
+        def run() -> impact.Impact:
+            hosts = self.ingestor.instance_hosts() if q.get("host") else {}
+            return impact.impact(
+                self.store,
+                start,
+                end,
+                host=q.get("host", ""),
+                instance=q.get("instance", ""),
+                sql=q.get("sql", ""),
+                hosts=hosts,
+            )
+
+        return _json_response(await self._run(run))
+
+    async def q_hosts(self, request: web.Request) -> web.Response:
+        series = self.series
+        if series is None:
+            raise NotFound(
+                "this collector samples no host metrics",
+                "run it with a home (python -m corral.telemetry.collector --home DIR)",
+            )
+        now_s = int(clock.wall())
+        minutes = _int(request.query, "minutes", 60)
+        if minutes <= 0:
+            raise UserError(f"minutes={minutes} is not a positive number of minutes", "")
+        host = request.query.get("host", self.host)
+        resolution, rows = await self._run(
+            series.points, host, now_s - minutes * 60, now_s + 1, now_s
+        )
+        return _json_response(
+            {
+                "host": host,
+                "hosts": series.hosts(),
+                "resolution_s": resolution,
+                "fields": ["ts", *FIELDS],
+                "points": rows,
+            }
+        )
+
     async def health(self, request: web.Request) -> web.Response:
         return _json_response({"ok": not self._store_error, "pending": self._pending})
 
@@ -458,6 +590,8 @@ class Collector:
                 f"# TYPE {metric} {kind}",
                 f"{metric} {value}",
             ]
+        if self.series is not None and self.sampler is not None:
+            lines += exposition(self.host, self.series.latest.get(self.host), self.sampler.counters)
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
@@ -515,6 +649,26 @@ def home_tokens(home: Home) -> Callable[[], Mapping[str, str]]:
     return tokens
 
 
+def store_gateway_config(home: Home) -> GatewaySource:
+    """The live gateway config, read through the API's remote Store each time it is asked
+    (None when no gateway is configured); raises PlatformUnavailable with no control plane."""
+
+    async def fetch() -> GatewayConfig | None:
+        store = RemoteStore.for_home(home, "read")
+        try:
+            kv = await store.get(GATEWAY_CONFIG_KEY)
+        finally:
+            await store.close()
+        if kv is None:
+            return None
+        record = msgspec.json.decode(kv.value)
+        return validate_gateway_data(
+            record["config"], source=f"gateway config v{record.get('version')}", mode="platform"
+        )
+
+    return fetch
+
+
 async def serve(home: Home, host: str, port: int, config: CollectorConfig | None = None) -> None:
     """Run a collector for `home` until SIGTERM/SIGINT; its URL goes to ``$HOME/collector``
     once it listens."""
@@ -523,7 +677,12 @@ async def serve(home: Home, host: str, port: int, config: CollectorConfig | None
     path.parent.mkdir(exist_ok=True)
     config = config or CollectorConfig()
     collector = Collector(
-        SqliteSpanStore(path, config.retention), tokens=home_tokens(home), config=config
+        SqliteSpanStore(path, config.retention),
+        tokens=home_tokens(home),
+        config=config,
+        gateway_config=store_gateway_config(home),
+        series=HostSeries(path.parent / "metrics.db", config.host_metrics),
+        disk_path=home.path,
     )
     url = await collector.start(host, port)
     home.write_atomic("collector", url + "\n")

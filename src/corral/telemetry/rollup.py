@@ -16,9 +16,11 @@ another process (exporters batch for seconds). The `Linker` joins them with boun
 - a CLIENT/PRODUCER span gets ``peer = the callee's service`` when a callee span answers it,
   otherwise the peer that `normalize.peer` detects from its attributes, with `EDGE_OUT`: the
   edge service → uninstrumented peer (a database, a queue, an external host);
-- a CLIENT/PRODUCER span that is not a root gets ``api`` = the root endpoint of its trace
-  (``"service endpoint"``), which is what lets slow SQL name the external APIs it serves; a
-  root span has ``api`` = its own and the `ROOT` flag.
+- a CLIENT/PRODUCER or SERVER/CONSUMER span that is not a root gets ``api`` = the root
+  endpoint of its trace (``"service endpoint"``), which is what lets slow SQL, an instance or
+  a host name the external APIs it serves (impact analysis); a root span has ``api`` = its
+  own and the `ROOT` flag. Internal spans carry no api (they add nothing an instance's SERVER
+  spans do not say, and would wait for the root for nothing).
 
 A span waits in the linker until everything it needs has arrived or `window_s` has passed
 since it arrived (then it is counted with what is known). Spans that need nothing are counted
@@ -49,6 +51,7 @@ MINUTE_US = 60_000_000
 _K = TypeVar("_K")
 
 ROOT = 1
+_API_KINDS = CALLER_KINDS | CALLEE_KINDS
 EDGE_IN = 2  # peer → service: this span is the instrumented callee
 EDGE_OUT = 4  # service → peer: the callee sends no spans (database, queue, external host)
 
@@ -133,7 +136,7 @@ class _Waiting:
         self.facts = facts
         self.need_caller = span.kind in CALLEE_KINDS and span.caller_id is not None
         self.need_callee = span.kind in CALLER_KINDS
-        self.need_root = span.kind in CALLER_KINDS and span.parent_id is not None
+        self.need_root = span.parent_id is not None and span.kind in _API_KINDS
         self.caller = ""  # the calling span's service, for a callee
         self.callee = ""  # the answering span's service, for a caller
         self.api = ""
