@@ -13,7 +13,8 @@ prints them and exits with ``exit_code``.
     │   ├── Unauthorized               401     2   no or unknown token
     │   └── Forbidden                  403     2   token lacks the role
     ├── PlatformUnavailable            503     3   no control plane answers at $CORRAL_HOME
-    │   └── AlreadyRunning             409     3   another control plane holds $CORRAL_HOME
+    │   ├── AlreadyRunning             409     3   another control plane holds $CORRAL_HOME
+    │   └── consensus.node.NoQuorum, LeaderChanged, NotLeader   a Raft write cannot complete
     ├── StoreError                     500     3   the Store cannot serve
     │   ├── Compacted                  410     2   watch history before a revision is gone
     │   └── StoreCorrupt               500     3   a store file is damaged or incompatible

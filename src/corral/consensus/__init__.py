@@ -6,8 +6,10 @@ for every message received, ``propose``/``read_index`` for clients. Whenever ``h
 1. ``rd = node.ready()``
 2. persist ``rd.snapshot``, ``rd.entries`` (truncating any conflicting suffix), then
    ``rd.hard_state`` — durably (fsync) when ``rd.must_sync``;
-3. send ``rd.messages`` — never before step 2: votes and append acks in them promise that
-   what step 2 wrote is durable;
+3. send ``rd.messages`` — votes and append acks never before step 2: they promise that what
+   step 2 wrote is durable. A leader may send its *appends* to followers before its own fsync
+   (Raft thesis §10.2.1, as etcd does): nothing is acknowledged to a client until a later
+   Ready, processed only after this one is on disk (see ``consensus.node``);
 4. restore ``rd.snapshot`` into the state machine, apply ``rd.committed_entries`` in order
    (conf-change entries through ``node.apply_conf_change``), serve reads whose
    ``rd.read_states`` index is now applied;
