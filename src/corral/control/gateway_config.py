@@ -88,7 +88,7 @@ def system_service(config: GatewayConfig, home: Path, release: int) -> model.Ser
         "command": [sys.executable, "-m", "corral.gateway.platform"],
         "cwd": str(home),
         "env": {"CORRAL_HOME": str(home)},
-        "ports": {},
+        "ports": {"http": port} if port else {},  # declared, so no instance is given it
         "health": {"readiness": {"tcp": port, "period": 0.5, "timeout": 1.0}} if port else {},
         "stop": {"signal": "SIGTERM", "grace": 15.0, "drain": 0.0},
         "restart": {"backoff": {"initial": 0.5, "max": 10.0, "reset_after": 600.0}},

@@ -256,7 +256,13 @@ class Reconciler:
             instance_id = ids.cattle_id(action.service)
             while instance_id in self.specs:
                 instance_id = ids.cattle_id(action.service)
-        ports = _allocate_ports(record.spec.get("ports") or {})
+        # Never hand out a port another instance was given (maybe not listening yet) or one a
+        # service declares fixed (the gateway's listener among them).
+        taken = {port for spec in self.specs.values() for port in spec.ports.values()}
+        for other in self.services.values():
+            declared = other.spec.get("ports") or {}
+            taken.update(v for v in declared.values() if isinstance(v, int))
+        ports = _allocate_ports(record.spec.get("ports") or {}, taken)
         spec = model.InstanceSpec(
             id=instance_id,
             service=action.service,
@@ -491,8 +497,17 @@ class Reconciler:
         tmp.replace(self.endpoints_file)
 
 
-def _allocate_ports(declared: dict[str, Any]) -> dict[str, int]:
+def _allocate_ports(declared: dict[str, Any], taken: set[int]) -> dict[str, int]:
+    """Free ports for ``auto``. A port just probed free is free again for the next probe, so
+    ports already given to other instances (not yet listening) are skipped explicitly."""
     ports: dict[str, int] = {}
     for name, value in declared.items():
-        ports[name] = allocate_port() if value in (None, "auto") else int(value)
+        if value in (None, "auto"):
+            port = allocate_port()
+            while port in taken:
+                port = allocate_port()
+        else:
+            port = int(value)
+        ports[name] = port
+        taken.add(port)
     return ports
