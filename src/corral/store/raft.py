@@ -62,15 +62,12 @@ from corral.store.base import (
     compare_holds,
 )
 from corral.store.sqlite import (
-    _OPS,
-    _TARGETS,
     SQLiteStore,
-    _check_key,
     _kv,
-    _validate_ops,
     fsync_file,
     remove_sidecars,
     sqlite_failure,
+    validate_txn,
     verify_store_file,
 )
 
@@ -486,15 +483,7 @@ class RaftStore:
         on_failure: Sequence[Op] = (),
     ) -> TxnResult:
         self._check_open()
-        for cmp in compares:
-            _check_key(cmp.key, "Compare key")
-            if cmp.target not in _TARGETS or cmp.op not in _OPS:
-                raise UserError(
-                    f"Compare on {cmp.key!r}: unknown target {cmp.target!r} or op {cmp.op!r}",
-                    f"targets: {', '.join(_TARGETS)}; ops: {' '.join(_OPS)}",
-                )
-        _validate_ops(on_success)
-        _validate_ops(on_failure)
+        validate_txn(compares, on_success, on_failure)
         cmd = TxnCmd(
             tuple(_Cmp(c.key, c.target, c.op, c.value) for c in compares),
             tuple(_to_op(op) for op in on_success),

@@ -253,6 +253,21 @@ def _validate_ops(ops: Sequence[Op]) -> None:
             )
 
 
+def validate_txn(
+    compares: Sequence[Compare], on_success: Sequence[Op], on_failure: Sequence[Op]
+) -> None:
+    """Refuse a malformed txn before anything is written (every backend calls this)."""
+    for cmp in compares:
+        _check_key(cmp.key, "Compare key")
+        if cmp.target not in _TARGETS or cmp.op not in _OPS:
+            raise UserError(
+                f"Compare on {cmp.key!r}: unknown target {cmp.target!r} or op {cmp.op!r}",
+                f"targets: {', '.join(_TARGETS)}; ops: {' '.join(_OPS)}",
+            )
+    _validate_ops(on_success)
+    _validate_ops(on_failure)
+
+
 def _kv(row: _Row) -> KeyValue:
     key, value, create, mod, version, lease = row
     return KeyValue(str(key), bytes(value), int(create), int(mod), int(version), int(lease))
@@ -402,15 +417,7 @@ class SQLiteStore:
         on_failure: Sequence[Op] = (),
     ) -> TxnResult:
         self._check_open()
-        for cmp in compares:
-            _check_key(cmp.key, "Compare key")
-            if cmp.target not in _TARGETS or cmp.op not in _OPS:
-                raise UserError(
-                    f"Compare on {cmp.key!r}: unknown target {cmp.target!r} or op {cmp.op!r}",
-                    f"targets: {', '.join(_TARGETS)}; ops: {' '.join(_OPS)}",
-                )
-        _validate_ops(on_success)
-        _validate_ops(on_failure)
+        validate_txn(compares, on_success, on_failure)
 
         def apply() -> bool:
             succeeded = all(compare_holds(c, self._read(c.key)) for c in compares)
