@@ -16,32 +16,24 @@ from corral.sim import kv as kv_engine
 from corral.sim import raft, reconcile
 
 
-def _reconcile(args: argparse.Namespace) -> int:
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(reconcile.Options)}
-    result = reconcile.run(args.seed, reconcile.Options(**fields))
-    sys.stdout.write(result.report() + "\n")
-    return 0 if result.ok else 1
+class _Result(typing.Protocol):
+    ok: bool
+
+    def report(self) -> str: ...
 
 
-def _raft(args: argparse.Namespace) -> int:
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(raft.Options)}
-    result = raft.run(args.seed, raft.Options(**fields))
-    sys.stdout.write(result.report() + "\n")
-    return 0 if result.ok else 1
+def _engine(
+    options: type[typing.Any], run: Callable[[int, typing.Any], _Result]
+) -> Callable[[argparse.Namespace], int]:
+    """The command for one engine: options from the parsed flags, run, report, exit status."""
 
+    def command(args: argparse.Namespace) -> int:
+        fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(options)}
+        result = run(args.seed, options(**fields))
+        sys.stdout.write(result.report() + "\n")
+        return 0 if result.ok else 1
 
-def _swim(args: argparse.Namespace) -> int:
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(kv_engine.SwimOptions)}
-    result = kv_engine.run_swim(args.seed, kv_engine.SwimOptions(**fields))
-    sys.stdout.write(result.report() + "\n")
-    return 0 if result.ok else 1
-
-
-def _kv(args: argparse.Namespace) -> int:
-    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(kv_engine.KvOptions)}
-    result = kv_engine.run_kv(args.seed, kv_engine.KvOptions(**fields))
-    sys.stdout.write(result.report() + "\n")
-    return 0 if result.ok else 1
+    return command
 
 
 def _flag(text: str) -> bool:
@@ -71,10 +63,26 @@ def _add_options(parser: argparse.ArgumentParser, options: type[object]) -> None
 
 
 ENGINES: dict[str, tuple[type[object], Callable[[argparse.Namespace], int], str]] = {
-    "reconcile": (reconcile.Options, _reconcile, "planner + work queue + simulated agent"),
-    "raft": (raft.Options, _raft, "Raft cluster on a faulty network and disks"),
-    "swim": (kv_engine.SwimOptions, _swim, "SWIM membership on a faulty network"),
-    "kv": (kv_engine.KvOptions, _kv, "AP store (sloppy quorum, DVV, hints, anti-entropy) on SWIM"),
+    "reconcile": (
+        reconcile.Options,
+        _engine(reconcile.Options, reconcile.run),
+        "planner + work queue + simulated agent",
+    ),
+    "raft": (
+        raft.Options,
+        _engine(raft.Options, raft.run),
+        "Raft cluster on a faulty network and disks",
+    ),
+    "swim": (
+        kv_engine.SwimOptions,
+        _engine(kv_engine.SwimOptions, kv_engine.run_swim),
+        "SWIM membership on a faulty network",
+    ),
+    "kv": (
+        kv_engine.KvOptions,
+        _engine(kv_engine.KvOptions, kv_engine.run_kv),
+        "AP store (sloppy quorum, DVV, hints, anti-entropy) on SWIM",
+    ),
 }
 
 
