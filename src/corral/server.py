@@ -62,7 +62,7 @@ async def serve(home: Home, host: str = "127.0.0.1", port: int = 0) -> None:
         await ensure_collector(store, home.path)
         await reconciler.start()
         await autoscaler.start()
-        api = Api(store, home, tokens, on_shutdown=stop.set)
+        api = Api(store, home, tokens, on_shutdown=stop.set, passes=lambda: reconciler.passes)
         runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port)

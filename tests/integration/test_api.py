@@ -140,3 +140,21 @@ async def test_secret_values_never_appear_in_any_response(api: Ctx) -> None:
         assert value not in text, path
     names = await (await api.client.get("/api/v1/secrets", headers=api.auth())).json()
     assert names == ["db-password"]
+
+
+async def test_metrics_answer_on_loopback_without_a_token_in_prometheus_text(api: Ctx) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    await api.client.post("/api/v1/apply", json={"manifest": MANIFEST}, headers=api.auth())
+    await api.client.get("/api/v1/services")  # a 401, counted too
+    response = await api.client.get("/metrics")
+    assert response.status == 200
+    families = {f.name: f for f in text_string_to_metric_families(await response.text())}
+    requests = {
+        (s.labels["route"], s.labels["status"]): s.value
+        for s in families["corral_api_requests"].samples
+        if s.name == "corral_api_requests_total"
+    }
+    assert requests[("/api/v1/apply", "200")] == 1
+    assert requests[("/api/v1/services", "401")] == 1
+    assert families["corral_store_revision"].samples[0].value > 1

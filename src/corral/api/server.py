@@ -22,6 +22,7 @@ from aiohttp import web
 
 from corral import __version__, clock, model
 from corral.api import auth, views
+from corral.api.metrics import CONTENT_TYPE, PlatformMetrics
 from corral.control import apply as applying
 from corral.control import events, gateway_config, releases
 from corral.control.diff import spec_changes as diff_specs
@@ -63,11 +64,13 @@ class Api:
         home: Home,
         tokens: dict[str, str],
         on_shutdown: Callable[[], None] | None = None,
+        passes: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
         self.home = home
         self.tokens = tokens
         self.on_shutdown = on_shutdown
+        self.metrics = PlatformMetrics(store, passes)
         self._http: aiohttp.ClientSession | None = None
         self.routes = [
             Route("GET", "/api/v1/health", self.health, "Liveness of the control plane"),
@@ -114,16 +117,25 @@ class Api:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=8 << 20)
         for route in self.routes:
             app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route("GET", "/metrics", self.prometheus)
         dashboard.setup(app, self)
         return app
 
     # -- middleware -------------------------------------------------------------------------
 
+    def _count(self, request: web.Request, status: int) -> None:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        self.metrics.observe_request(request.method, route, status)
+
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
+            self._count(request, response.status)
+            return response
         except CorralError as exc:
+            self._count(request, exc.status)
             body: dict[str, Any] = exc.to_dict()
             problems = getattr(exc, "problem_dicts", None)
             if problems is not None:
@@ -147,6 +159,18 @@ class Api:
                 },
                 status=500,
             )
+
+    async def prometheus(self, request: web.Request) -> web.StreamResponse:
+        """Prometheus text. Open on a loopback listener (scrapers rarely send tokens, DESIGN.md
+        *Security*); elsewhere it needs the read token like any GET."""
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        host = str(sockname[0]) if sockname else ""
+        if not (host.startswith("127.") or host == "::1"):
+            auth.authorize(
+                "GET", "/api/v1/metrics", request.headers.get("Authorization"), self.tokens
+            )
+        body = await self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
