@@ -133,7 +133,12 @@ async def test_three_nodes_elect_one_leader_and_a_write_through_a_follower_reach
 ) -> None:
     leader = await cluster.leader()
     follower = next(n for n in cluster.nodes.values() if n is not leader)
-    assert follower.leader_id == leader.id
+
+    async def known() -> bool:
+        # A follower learns the leader from its first append or heartbeat, a moment later.
+        return follower.leader_id == leader.id
+
+    await eventually(known, DEADLINE, "the follower to learn who leads")
     assert follower.leader_address == cluster.peers[leader.id]
     await write_until_ok(follower, b"colour=blue")
     assert cluster.kv(follower.id)["colour"] == "blue"  # applied here before it returned
