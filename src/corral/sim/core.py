@@ -72,3 +72,12 @@ class Simulation:
 
     def pending(self) -> int:
         return sum(1 for e in self._heap if not e.cancelled)
+
+
+def report(
+    ok: bool, problem: str, replay: str, summary: str, events: list[str], last: int = 30
+) -> str:
+    """The report every engine prints: verdict, the replay line, a summary, the last events."""
+    head = "ok" if ok else f"FAILED: {problem}"
+    tail = "\n".join(f"    {line}" for line in events[-last:])
+    return f"{head}\n  replay: {replay}\n  {summary}\n  last events:\n{tail}"

@@ -65,7 +65,7 @@ from corral.membership import (
     State,
     Swim,
 )
-from corral.sim.core import Simulation
+from corral.sim.core import Simulation, report
 from corral.sim.network import NetworkFaults, SimNetwork
 
 
@@ -107,15 +107,14 @@ class SwimResult:
     events: list[str] = field(default_factory=list)
 
     def report(self) -> str:
-        tail = "\n".join(f"    {line}" for line in self.events[-30:])
-        head = "ok" if self.ok else f"FAILED: {self.problem}"
         worst = max(self.dead_everywhere, default=0.0)
-        return (
-            f"{head}\n  replay: {self.replay}\n  steps: {self.steps}, simulated "
+        summary = (
+            f"steps: {self.steps}, simulated "
             f"{self.sim_seconds:.1f} s, {self.messages} packets, {self.kills} kills (dead "
             f"everywhere in ≤ {worst:.2f} s), {self.false_dead} false deads, views converged "
-            f"{self.converged_after:.2f} s after healing\n  last events:\n{tail}"
+            f"{self.converged_after:.2f} s after healing"
         )
+        return report(self.ok, self.problem, self.replay, summary, self.events)
 
 
 @dataclass
@@ -671,16 +670,15 @@ class KvResult:
     events: list[str] = field(default_factory=list)
 
     def report(self) -> str:
-        tail = "\n".join(f"    {line}" for line in self.events[-30:])
-        head = "ok" if self.ok else f"FAILED: {self.problem}"
-        return (
-            f"{head}\n  replay: {self.replay}\n  steps: {self.steps}, simulated "
+        summary = (
+            f"steps: {self.steps}, simulated "
             f"{self.sim_seconds:.1f} s, {self.acked_writes} writes acknowledged "
             f"({self.lost_writes} lost), "
             f"{self.failed_writes} in doubt, {self.reads} reads, {self.hinted} hints written, "
             f"at most {self.max_siblings} siblings, replicas converged "
-            f"{self.converged_after:.2f} s after healing\n  last events:\n{tail}"
+            f"{self.converged_after:.2f} s after healing"
         )
+        return report(self.ok, self.problem, self.replay, summary, self.events)
 
 
 class KvWorld(SwimWorld):

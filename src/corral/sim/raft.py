@@ -62,7 +62,7 @@ from corral.consensus import (
     Snapshot,
 )
 from corral.consensus.messages import MessageType
-from corral.sim.core import Simulation
+from corral.sim.core import Simulation, report
 from corral.sim.disk import SimDisk
 from corral.sim.linearizability import History, Op, check
 from corral.sim.network import NetworkFaults, SimNetwork
@@ -112,14 +112,13 @@ class Result:
     events: list[str] = field(default_factory=list)
 
     def report(self) -> str:
-        tail = "\n".join(f"    {line}" for line in self.events[-30:])
-        head = "ok" if self.ok else f"FAILED: {self.problem}"
-        return (
-            f"{head}\n  replay: {self.replay}\n  steps: {self.steps}, simulated "
+        summary = (
+            f"steps: {self.steps}, simulated "
             f"{self.sim_seconds:.1f} s, {self.committed} entries committed, {self.leaders} "
             f"terms with a leader, {self.acked}/{self.ops} client ops ok, writes resumed "
-            f"{self.recovery:.3f} s after healing\n  last events:\n{tail}"
+            f"{self.recovery:.3f} s after healing"
         )
+        return report(self.ok, self.problem, self.replay, summary, self.events)
 
 
 # --------------------------------------------------------------------------- state machine

@@ -63,7 +63,7 @@ from corral.model import (
     ServiceRecord,
     ServiceState,
 )
-from corral.sim.core import Simulation
+from corral.sim.core import Simulation, report
 
 RESYNC_EVERY = 30.0
 PROBE_PERIOD = 1.0
@@ -106,9 +106,8 @@ class Result:
     events: list[str] = field(default_factory=list)
 
     def report(self) -> str:
-        tail = "\n".join(f"    {line}" for line in self.events[-25:])
-        head = "ok" if self.ok else f"FAILED: {self.problem}"
-        return f"{head}\n  replay: {self.replay}\n  steps: {self.steps}\n  last events:\n{tail}"
+        summary = f"steps: {self.steps}"
+        return report(self.ok, self.problem, self.replay, summary, self.events, last=25)
 
 
 def shop() -> dict[str, ServiceRecord]:
