@@ -68,7 +68,9 @@ def ports() -> list[int]:
 async def test_a_follower_forwards_writes_and_serves_linearizable_reads_and_watches(
     tmp_path: Path, ports: list[int]
 ) -> None:
-    async with open_local_cluster(tmp_path, ports, FAST) as (leader, stores):
+    # DEFAULT timeouts wherever a test does not provoke an election: with FAST's 150 ms, a
+    # loaded CI machine can starve heartbeats long enough for check-quorum to depose the leader.
+    async with open_local_cluster(tmp_path, ports, DEFAULT) as (leader, stores):
         follower = next(s for s in stores if s is not leader)
         events = follower.watch("/f/")
         rev = await put(follower, "/f/a", b"from-follower")
@@ -88,7 +90,7 @@ async def test_a_node_that_missed_compacted_entries_catches_up_from_a_snapshot(
 
     async def start(i: int) -> RaftStore:
         return await RaftStore.open(
-            i, peers, tmp_path / f"n{i}", FAST, snapshot_every=20, snapshot_keep=5
+            i, peers, tmp_path / f"n{i}", DEFAULT, snapshot_every=20, snapshot_keep=5
         )
 
     stores = {i: await start(i) for i in (1, 2, 3)}
