@@ -47,6 +47,7 @@ if [ "$want_test" = 1 ]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx)   # gateway tests: a real upstream peer
   command -v wrk >/dev/null 2>&1 || need+=(wrk)       # bench/gateway.py
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)   # gateway TLS tests: certificates
   command -v taskset >/dev/null 2>&1 || need+=(util-linux)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)   # dashboard browser tests
   if [ ${#need[@]} -gt 0 ]; then
