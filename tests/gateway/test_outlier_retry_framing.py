@@ -63,6 +63,17 @@ def test_ejected_count_stays_within_the_cap(events: list[tuple[int, str]]) -> No
         assert len(d.ejected(float(now))) <= 1
 
 
+def test_an_ejection_adopted_from_another_worker_lasts_as_long_and_respects_the_cap() -> None:
+    d = detector(max_ejection_percent=50)  # room for 2 of 4
+    assert d.adopt(ADDRS[0], until=30, now=0)
+    assert d.is_ejected(ADDRS[0], 29.9) and not d.is_ejected(ADDRS[0], 30)
+    assert not d.adopt(ADDRS[0], until=20, now=1)  # an older verdict changes nothing
+    assert d.adopt(ADDRS[1], until=30, now=1)
+    assert not d.adopt(ADDRS[2], until=30, now=2)  # a third would exceed 50 %
+    assert not d.adopt(ADDRS[3], until=5, now=6)  # already over
+    assert d.ejected(10) == ADDRS[:2]
+
+
 def test_panic_routes_to_every_endpoint_rather_than_none() -> None:
     assert routable(ADDRS, set(ADDRS), 50) == (ADDRS, True)
     assert routable(ADDRS, set(ADDRS[:3]), 50) == (ADDRS, True)

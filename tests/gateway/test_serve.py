@@ -141,3 +141,49 @@ def test_validate_accepts_a_good_config_and_lists_problems_of_a_bad_one(tmp_path
     result = CliRunner().invoke(gateway, ["validate", str(bad)])
     assert isinstance(result.exception, ManifestError)
     assert result.exception.problems[0].path == "routes[0]"
+
+
+async def test_an_endpoint_ejected_by_one_worker_is_avoided_by_every_worker(
+    tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """Issue 3: passive ejection decisions are shared, so workers agree within 1 s."""
+    port = free_port()
+    file = tmp_path / "gw.yaml"
+    route = {
+        "name": "main",
+        "upstreams": [upstreams.address("a"), upstreams.address("b")],
+        "retries": {"attempts": 0},
+        "outlier": {"consecutive_5xx": 3, "base_ejection": "30s"},
+    }
+    file.write_text(json.dumps({"listen": f"127.0.0.1:{port}", "workers": 2, "routes": [route]}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corral.gateway.serve", "--config", str(file)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await eventually(port, {"a", "b"})
+        # One keep-alive connection stays on one worker: only that worker sees the failures.
+        # Both upstreams answer 500 here; the first to fail 3 times in a row is ejected, and the
+        # 50 % cap keeps the other in.
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for _ in range(6):
+                async with session.get(f"http://127.0.0.1:{port}/status/500") as response:
+                    assert response.status == 500
+        # /echo is healthy on both: a worker that had not heard of the ejection would still
+        # send fresh connections to the ejected upstream half the time.
+        # (16 fresh connections all landing on one worker by chance: about 1 in 30,000.)
+        deadline = time.monotonic() + 1.5
+        seen = await names_seen(port, tries=16)
+        while len(seen) != 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            seen = await names_seen(port, tries=16)
+        assert len(seen) == 1, f"workers disagree: fresh connections reached {seen}"
+        assert await names_seen(port, tries=16) == seen
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

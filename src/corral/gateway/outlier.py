@@ -17,8 +17,12 @@ nor failing active checks. If that leaves fewer than ``panic_threshold`` % of th
 the pool is in **panic** and every endpoint is routable: routing to all beats routing to none,
 since a pool-wide failure usually means the checks, not the endpoints, are wrong.
 
+``adopt(address, until, now)`` takes over an ejection decided by another worker of the same
+gateway (the workers exchange them), under the same cap.
+
 Invariants: no more than max(1, floor(pct × n / 100)) endpoints are ejected at once (for
-pct > 0); ejections end by time alone; outputs depend only on inputs (``now`` is passed in).
+pct > 0), adopted ejections included; ejections end by time alone; outputs depend only on
+inputs (``now`` is passed in).
 """
 
 from __future__ import annotations
@@ -77,6 +81,27 @@ class OutlierDetector:
 
     def ejected(self, now: float) -> list[str]:
         return sorted(a for a, s in self._states.items() if s.ejected_until > now)
+
+    def ejected_until(self, address: str) -> float:
+        state = self._states.get(address)
+        return state.ejected_until if state is not None else 0.0
+
+    def adopt(self, address: str, until: float, now: float) -> bool:
+        """Take over an ejection another worker of the same gateway decided, so every worker
+        stops sending to an endpoint once one of them has seen it fail. The cap on the ejected
+        share still holds here; returns whether anything changed."""
+        if until <= now:
+            return False
+        state = self._state(address)
+        if state.ejected_until >= until:
+            return False
+        if state.ejected_until <= now and not self._room(now):
+            return False
+        state.ejected_until = until
+        state.decayed_at = max(state.decayed_at, until)
+        state.times_ejected = max(state.times_ejected, 1)
+        state.consecutive_5xx = state.consecutive_connect = 0
+        return True
 
     def next_change(self, now: float) -> float | None:
         """When the earliest current ejection ends (the caller refreshes routing then)."""

@@ -17,8 +17,11 @@ within about half a second:
   stderr and changes nothing. Workers validate and compile it in a thread (off the loop) and
   swap their route table in one assignment.
 - ``health.json`` — ``{cluster: [unhealthy addresses]}``: the supervisor runs the active checks
-  (``HealthChecker``) once per gateway, not once per worker. Passive outlier ejection is decided
-  per worker (each sees its own share of failures).
+  (``HealthChecker``) once per gateway, not once per worker.
+- ``ejections-<i>.json`` — ``[[cluster, address, wall-clock until], …]``: passive outlier
+  ejections. A worker that ejects an endpoint (it saw the failures) writes its file at once; the
+  others adopt the ejection (``OutlierDetector.adopt``, under the same cap on the ejected share)
+  on their next sweep, so all workers stop sending to it within half a second.
 - ``metrics-<i>.json`` — each worker's counters, written every second; the supervisor's admin
   listener (``admin: {listen: …}``) sums them for ``GET /metrics`` (Prometheus text) and answers
   ``GET /healthz``.
@@ -72,6 +75,7 @@ log = logging.getLogger("corral.gateway")
 
 CONFIG_FILE = "config.json"
 HEALTH_FILE = "health.json"
+EJECTIONS_PREFIX = "ejections-"
 METRICS_EVERY = 1.0
 
 
@@ -249,6 +253,8 @@ class _Worker:
         self.tier_at = 0.0
         self.tier_period = 1.0
         self.loading = False
+        self.ejections: dict[tuple[str, str], float] = {}  # ours: (cluster, address) → wall until
+        self.ejection_mtimes: dict[str, float] = {}  # the other workers' files
 
     def _read_config(self) -> tuple[int, GatewayConfig]:
         data = json.loads((self.state / CONFIG_FILE).read_text())
@@ -287,6 +293,7 @@ class _Worker:
         sock.setblocking(False)
         await gw.listen(sock=sock, ssl=self.tls)
         gw.on_sweep.append(self._on_sweep)
+        gw.on_ejection = self._ejected
         # Everything alive now (modules, config models, the route table) lives as long as the
         # worker: freezing it keeps the collector from re-walking it on every full collection,
         # which otherwise shows up as a latency spike on whichever request triggers it.
@@ -301,6 +308,7 @@ class _Worker:
             self.next_poll = now + 0.25
             self._poll_config()
             self._poll_health()
+            self._poll_ejections()
             if self.tls_files is not None:
                 with contextlib.suppress(OSError, ssl.SSLError):
                     files = self.tls_files
@@ -366,6 +374,45 @@ class _Worker:
             log.exception("gateway worker %d: config reload failed", self.index)
         finally:
             self.loading = False
+
+    def _ejected(self, cluster: str, address: str, reason: str) -> None:
+        """Publish an ejection this worker decided (rare: a file write on the loop is fine)."""
+        gw = self.gw
+        assert gw is not None
+        pool = gw.pools.get(cluster)
+        if pool is None:
+            return
+        wall = clock.wall()
+        self.ejections[(cluster, address)] = wall + pool.outlier.ejected_until(address) - gw.now
+        self.ejections = {k: until for k, until in self.ejections.items() if until > wall}
+        rows = [[c, a, until] for (c, a), until in sorted(self.ejections.items())]
+        with contextlib.suppress(OSError):
+            _write_atomic(self.state / f"{EJECTIONS_PREFIX}{self.index}.json", rows)
+
+    def _poll_ejections(self) -> None:
+        gw = self.gw
+        assert gw is not None
+        mine = f"{EJECTIONS_PREFIX}{self.index}.json"
+        for path in sorted(self.state.glob(f"{EJECTIONS_PREFIX}*.json")):
+            if path.name == mine:
+                continue
+            try:
+                mtime = path.stat().st_mtime
+                if self.ejection_mtimes.get(path.name) == mtime:
+                    continue
+                self.ejection_mtimes[path.name] = mtime
+                rows = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            offset = gw.now - clock.wall()  # wall-clock deadlines → this loop's clock
+            for cluster, address, until in rows:
+                pool = gw.pools.get(cluster)
+                if (
+                    pool is not None
+                    and address in pool.by_address
+                    and pool.outlier.adopt(address, float(until) + offset, gw.now)
+                ):
+                    pool.refresh(gw.now)
 
     def _poll_health(self) -> None:
         gw = self.gw
