@@ -48,6 +48,10 @@ if [ "$want_test" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)       # bench/gateway.py
   command -v curl >/dev/null 2>&1 || need+=(curl)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)   # gateway TLS tests: certificates
+  # Multi-host tests: network namespaces, iptables partitions, libfaketime clock skew.
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  command -v iptables >/dev/null 2>&1 || need+=(iptables)
+  command -v faketime >/dev/null 2>&1 || need+=(faketime)
   command -v taskset >/dev/null 2>&1 || need+=(util-linux)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)   # dashboard browser tests
   if [ ${#need[@]} -gt 0 ]; then
