@@ -2,7 +2,9 @@
 
 It binds 127.0.0.1:0 and prints ``PORT <n>``. ``GET /item`` answers ``fetch <n>`` (n counts
 the requests it served) with ``Cache-Control: max-age=1, stale-if-error=30``, or a 500 while
-failing; ``POST /fail`` and ``POST /heal`` switch that.
+failing; ``POST /fail`` and ``POST /heal`` switch that. ``GET /swr?delay=S`` answers
+``swr <n>`` after S seconds with ``Cache-Control: max-age=0, stale-while-revalidate=30`` and
+``Vary: Accept-Language`` (its body then ends with the language asked for).
 """
 
 from __future__ import annotations
@@ -14,7 +16,20 @@ from aiohttp import web
 
 
 def make_app() -> web.Application:
-    state = {"fetches": 0, "failing": False}
+    state = {"fetches": 0, "failing": False, "swr": 0}
+
+    async def swr(request: web.Request) -> web.Response:
+        state["swr"] += 1
+        number = state["swr"]
+        await asyncio.sleep(float(request.query.get("delay", "0")))
+        language = request.headers.get("Accept-Language", "")
+        return web.Response(
+            text=f"swr {number} {language}".strip(),
+            headers={
+                "Cache-Control": "max-age=0, stale-while-revalidate=30",
+                "Vary": "Accept-Language",
+            },
+        )
 
     async def item(request: web.Request) -> web.Response:
         if state["failing"]:
@@ -35,6 +50,7 @@ def make_app() -> web.Application:
 
     app = web.Application()
     app.router.add_get("/item", item)
+    app.router.add_get("/swr", swr)
     app.router.add_post("/fail", fail)
     app.router.add_post("/heal", heal)
     return app

@@ -17,6 +17,7 @@ from corral.gateway.proxy import Gateway
 from corral.gateway.router import compile_routes
 
 UPSTREAM = Path(__file__).with_name("upstream.py")
+CACHE_UPSTREAM = Path(__file__).with_name("cache_upstream.py")
 
 
 class Upstreams:
@@ -81,3 +82,20 @@ async def gateway_factory() -> AsyncIterator[Any]:
     yield make
     for running in started:
         await running.gw.close(drain=0.1)
+
+
+@pytest.fixture
+def cache_upstream() -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(CACHE_UPSTREAM)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        yield f"127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -75,10 +75,24 @@ def test_a_fresh_entry_is_served_then_stale_while_revalidating_then_gone() -> No
     assert cache.lookup("HEAD", "shop.local", "/p", "", _none, 3.0).state == "fresh"
     stale = cache.lookup("GET", "shop.local", "/p", "", _none, 12.0)
     assert stale.state == "stale" and stale.revalidate
+    again = cache.lookup("GET", "shop.local", "/p", "", _none, 12.5)
+    assert again.state == "stale" and not again.revalidate  # one refresh at a time
     assert cache.lookup("GET", "shop.local", "/p", "", _none, 20.0).state == "miss"
     # An upstream error within stale-if-error still gets the last good response.
     assert cache.lookup_on_error("GET", "shop.local", "/p", "", _none, 50.0) is not None
     assert cache.lookup_on_error("GET", "shop.local", "/p", "", _none, 200.0) is None
+
+
+def test_a_refresh_that_never_stores_is_started_again_after_the_refresh_timeout() -> None:
+    cache = ResponseCache(refresh_timeout=2.0)
+    _store(cache, "max-age=10, stale-while-revalidate=60")
+    revalidating = [
+        cache.lookup("GET", "shop.local", "/p", "", _none, t).revalidate
+        for t in (11.0, 11.5, 12.9, 13.1, 14.0)
+    ]
+    assert revalidating == [True, False, False, True, False]
+    _store(cache, "max-age=10, stale-while-revalidate=60", now=14.5)  # the refresh landed
+    assert cache.lookup("GET", "shop.local", "/p", "", _none, 15.0).state == "fresh"
 
 
 def test_vary_keeps_one_entry_per_header_value() -> None:

@@ -4,11 +4,8 @@ breaker and fallback, rate limits, shedding by criticality, split, cache."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -18,7 +15,6 @@ from tests.gateway.conftest import Running, Upstreams
 
 pytestmark = pytest.mark.timeout(30)
 
-CACHE_UPSTREAM = Path(__file__).with_name("cache_upstream.py")
 Factory = Callable[..., Awaitable[Running]]
 
 
@@ -244,23 +240,6 @@ async def test_split_follows_weights_keeps_users_sticky_and_honours_canary_heade
             assert await name(user, **{"X-Canary": "1"}) == "b"  # targeting beats the weights
 
 
-@pytest.fixture
-def cache_upstream() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(CACHE_UPSTREAM)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("PORT "), line
-        yield f"127.0.0.1:{int(line.split()[1])}"
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
 async def test_cache_serves_fresh_hits_refetches_after_expiry_and_serves_stale_on_error(
     gateway_factory: Factory, cache_upstream: str, session: aiohttp.ClientSession
 ) -> None:
@@ -296,3 +275,32 @@ async def test_cache_serves_fresh_hits_refetches_after_expiry_and_serves_stale_o
     assert (await get(session, f"{url}?new=1"))[0] == 500  # nothing stale to serve there
     counts = gw.gw.metrics.policy_counts
     assert counts[("items", "cache_hit")] == 2 and counts[("items", "cache_stale")] == 1
+
+
+async def test_stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background(
+    gateway_factory: Factory, cache_upstream: str, session: aiohttp.ClientSession
+) -> None:
+    gw = await gateway_factory(
+        {"routes": [{"name": "swr", "upstreams": [cache_upstream], "cache": {"ttl": "0s"}}]}
+    )
+    url = f"{gw.url}/swr?delay=0.2"
+    fr = {"Accept-Language": "fr"}
+    assert (await get(session, url, headers=fr))[2] == "swr 1 fr"  # a miss: fetched
+    # Stale at once (max-age=0): a burst is answered from the cache without waiting, and
+    # only one background refresh goes upstream.
+    started = time.monotonic()
+    burst = await asyncio.gather(*(get(session, url, headers=fr) for _ in range(5)))
+    assert time.monotonic() - started < 0.2
+    assert [(b, h["X-Cache"]) for _, h, b in burst] == [("swr 1 fr", "UPDATING")] * 5
+    counts = gw.gw.metrics.policy_counts
+    await until(lambda: counts.get(("swr", "cache_refreshed")) == 1)
+    _, headers, body = await get(session, url, headers=fr)
+    assert (body, headers["X-Cache"]) == ("swr 2 fr", "UPDATING")  # the refreshed entry
+    # Vary: another language is another entry, fetched for itself.
+    _, headers, body = await get(session, url, headers={"Accept-Language": "en"})
+    assert body.endswith(" en") and "X-Cache" not in headers
+    policies = gw.gw.policies
+    assert policies is not None and policies.cache is not None
+    assert policies.purge(route="swr") == 2  # both variants
+    assert (await get(session, url, headers=fr))[2].startswith("swr ")
+    assert "X-Cache" not in (await get(session, f"{url}&x=1", headers=fr))[1]

@@ -10,6 +10,7 @@ It binds 127.0.0.1:0 and prints ``PORT <n>`` on stdout. Endpoints:
     /ws                WebSocket echo
     /truncate          promises 1000 bytes, sends 10, then drops the connection
     /health            200, or 503 after POST /sick (POST /well restores it)
+    /__seen            JSON list of the requests /echo served: [method, path, mirror?, body]
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from aiohttp import WSMsgType, web
 
 def make_app(name: str) -> web.Application:
     state = {"sick": False}
+    seen: list[list[str]] = []
 
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
+        mirror = request.headers.get("X-Corral-Mirror", "")
+        seen.append([request.method, request.path_qs, mirror, body.decode("latin-1")])
         peer = request.transport.get_extra_info("peername") if request.transport else None
         return web.json_response(
             {
@@ -94,7 +98,11 @@ def make_app(name: str) -> web.Application:
         state["sick"] = False
         return web.Response(text="well")
 
+    async def seen_list(request: web.Request) -> web.Response:
+        return web.json_response(seen)
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/__seen", seen_list)
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_get("/slow", slow)
     app.router.add_get("/stream", stream)

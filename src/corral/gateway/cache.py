@@ -17,8 +17,11 @@ Theory of operation (RFC 9111 for a shared cache, RFC 5861 for the stale extensi
   maps to the ``Vary`` list last seen for it, so a lookup costs one or two dict probes.
 - **Freshness**: an entry is ``fresh`` until stored + lifetime; then ``stale`` but servable
   while revalidating until + ``stale-while-revalidate`` (the proxy serves it and refreshes in
-  the background: ``Lookup.revalidate``); and servable instead of an error (``lookup_on_error``:
-  an upstream failure, a 5xx, an open breaker) until + ``stale-if-error``. Past both it is gone.
+  the background: ``Lookup.revalidate`` is true for **one** lookup per entry, so a burst of
+  requests starts one refresh, not one each; when no fresh entry was stored within
+  ``refresh_timeout`` — the refresh failed — the next lookup starts another); and servable
+  instead of an error (``lookup_on_error``: an upstream failure, a 5xx, an open breaker)
+  until + ``stale-if-error``. Past both it is gone.
 - **Size**: entries are kept in LRU order and evicted oldest-first until the bodies and
   headers total at most ``max_bytes``; an entry larger than ``max_entry_bytes`` is not stored.
   ``purge(route=…, prefix=…)`` drops entries for the admin API.
@@ -123,14 +126,12 @@ class CachedResponse:
 
 
 class Lookup(NamedTuple):
-    """``state`` fresh (serve), stale (serve and ``revalidate`` in the background) or miss."""
+    """``state`` fresh (serve), stale (serve; refresh in the background when ``revalidate``)
+    or miss."""
 
     state: Literal["fresh", "stale", "miss"]
     entry: CachedResponse | None = None
-
-    @property
-    def revalidate(self) -> bool:
-        return self.state == "stale"
+    revalidate: bool = False
 
 
 _MISS = Lookup("miss")
@@ -163,12 +164,28 @@ class _Variants:
 class ResponseCache:
     """A byte-bounded LRU of responses for one gateway worker."""
 
-    __slots__ = ("_entries", "_vary", "max_bytes", "max_entry_bytes", "size")
+    __slots__ = (
+        "_entries",
+        "_refreshing",
+        "_vary",
+        "max_bytes",
+        "max_entry_bytes",
+        "refresh_timeout",
+        "size",
+    )
 
-    def __init__(self, max_bytes: int = 64 << 20, max_entry_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        max_bytes: int = 64 << 20,
+        max_entry_bytes: int = 1 << 20,
+        refresh_timeout: float = 10.0,
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
+        self.refresh_timeout = refresh_timeout
         self.size = 0
+        # Entries being refreshed in the background → when that refresh is given up on.
+        self._refreshing: dict[_Key, float] = {}
         self._entries: OrderedDict[_Key, CachedResponse] = OrderedDict()
         # primary key → [Vary names, entries stored under it]; gone with its last entry.
         self._vary: dict[_PrimaryKey, _Variants] = {}
@@ -205,7 +222,11 @@ class ResponseCache:
             return Lookup("fresh", entry)
         if now < entry.revalidate_until:
             self._entries.move_to_end(key)
-            return Lookup("stale", entry)
+            until = self._refreshing.get(key)
+            if until is not None and now < until:
+                return Lookup("stale", entry)
+            self._refreshing[key] = now + self.refresh_timeout
+            return Lookup("stale", entry, revalidate=True)
         if now >= entry.error_until:
             self._drop(key)
         return _MISS
@@ -258,8 +279,8 @@ class ResponseCache:
         lifetime = control.s_maxage if control.s_maxage is not None else control.max_age
         if lifetime is None:
             lifetime = default_ttl
-        if lifetime <= 0 and control.stale_if_error <= 0:
-            return None
+        if lifetime <= 0 and control.stale_if_error <= 0 and control.stale_while_revalidate <= 0:
+            return None  # (max-age=0 with stale-while-revalidate: always refreshed behind)
         size = len(body) + sum(len(n) + len(v) + 4 for n, v in headers) + len(path) + 64
         if size > self.max_entry_bytes or size > self.max_bytes:
             return None
@@ -282,6 +303,7 @@ class ResponseCache:
         )
         if key in self._entries:
             self._drop(key)
+        self._refreshing.pop(key, None)
         self._entries[key] = entry
         known = self._vary.get(primary)
         if known is None:
@@ -290,11 +312,13 @@ class ResponseCache:
         self.size += size
         while self.size > self.max_bytes:
             old_key, old = self._entries.popitem(last=False)
+            self._refreshing.pop(old_key, None)
             self.size -= old.size
             self._forget_vary(old_key)
         return entry
 
     def _drop(self, key: _Key) -> None:
+        self._refreshing.pop(key, None)
         entry = self._entries.pop(key)
         self.size -= entry.size
         self._forget_vary(key)

@@ -14,7 +14,7 @@ flow unbuffered. Syntax errors raise ``FramingError``; httptools re-validates th
 
 from __future__ import annotations
 
-__all__ = ["MAX_LINE", "BodyFramer", "FramingError"]
+__all__ = ["MAX_LINE", "BodyFramer", "FramingError", "dechunk"]
 
 MAX_LINE = 4096
 
@@ -86,3 +86,24 @@ class BodyFramer:
                 self.state = _DONE
                 break
         return pos - start, self.state == _DONE
+
+
+def dechunk(raw: bytes) -> bytes:
+    """The payload of a complete chunked body (framing already checked by ``BodyFramer``);
+    trailers are dropped."""
+    out: list[bytes] = []
+    pos = 0
+    while True:
+        end = raw.find(b"\r\n", pos)
+        if end < 0:
+            raise FramingError("truncated chunk size line")
+        size_text = raw[pos:end].split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise FramingError(f"bad chunk size {size_text!r}") from None
+        if size == 0:
+            return b"".join(out)
+        start = end + 2
+        out.append(raw[start : start + size])
+        pos = start + size + 2

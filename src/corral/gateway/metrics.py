@@ -15,6 +15,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any, Protocol
 
+from corral.telemetry.exposition import exemplar, to_openmetrics
+
 __all__ = ["BUCKETS", "Metrics", "RouteStats", "UpstreamStats", "render"]
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -23,7 +25,15 @@ _OPENNESS = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class RouteStats:
-    __slots__ = ("latency", "latency_sum", "retries", "status", "upstream", "upstream_sum")
+    __slots__ = (
+        "exemplars",
+        "latency",
+        "latency_sum",
+        "retries",
+        "status",
+        "upstream",
+        "upstream_sum",
+    )
 
     def __init__(self) -> None:
         self.status = [0] * 6  # index = status // 100; 0 = no response sent
@@ -32,11 +42,22 @@ class RouteStats:
         self.upstream = [0] * (len(BUCKETS) + 1)
         self.upstream_sum = 0.0
         self.retries = 0
+        # per latency bucket, the newest (trace id, latency) that fell in it: the exemplars
+        self.exemplars: list[tuple[bytes, float] | None] = [None] * (len(BUCKETS) + 1)
 
-    def observe(self, status: int, latency: float, upstream_latency: float | None) -> None:
+    def observe(
+        self,
+        status: int,
+        latency: float,
+        upstream_latency: float | None,
+        trace_id: bytes | None = None,
+    ) -> None:
         self.status[status // 100 if 0 <= status < 600 else 0] += 1
-        self.latency[bisect_left(BUCKETS, latency)] += 1
+        index = bisect_left(BUCKETS, latency)
+        self.latency[index] += 1
         self.latency_sum += latency
+        if trace_id is not None:
+            self.exemplars[index] = (trace_id, latency)
         if upstream_latency is not None:
             self.upstream[bisect_left(BUCKETS, upstream_latency)] += 1
             self.upstream_sum += upstream_latency
@@ -94,6 +115,10 @@ class Metrics:
                     "upstream": s.upstream,
                     "upstream_sum": s.upstream_sum,
                     "retries": s.retries,
+                    "exemplars": [
+                        None if e is None else [e[0].decode("ascii", "replace"), e[1]]
+                        for e in s.exemplars
+                    ],
                 }
                 for name, s in sorted(self.routes.items())
             },
@@ -119,8 +144,8 @@ class Metrics:
             },
         }
 
-    def render(self) -> str:
-        return render([self.snapshot()])
+    def render(self, openmetrics: bool = False) -> str:
+        return render([self.snapshot()], openmetrics=openmetrics)
 
 
 def _add(into: list[Any], values: list[Any]) -> None:
@@ -132,8 +157,10 @@ def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(snapshots: list[dict[str, Any]]) -> str:
-    """Prometheus text exposition (0.0.4) of the sum of ``snapshots``."""
+def render(snapshots: list[dict[str, Any]], openmetrics: bool = False) -> str:
+    """Prometheus text exposition (0.0.4) of the sum of ``snapshots``; OpenMetrics 1.0 with
+    ``openmetrics``, whose request-latency buckets carry exemplars: the newest trace id seen in
+    each bucket (by any worker), linking the histogram to a trace in the collector."""
     routes: dict[str, dict[str, Any]] = {}
     upstreams: dict[str, dict[str, int]] = {}
     active = refused = 0
@@ -164,8 +191,12 @@ def render(snapshots: list[dict[str, Any]]) -> str:
                     "upstream": [0] * (len(BUCKETS) + 1),
                     "upstream_sum": 0.0,
                     "retries": 0,
+                    "exemplars": [None] * (len(BUCKETS) + 1),
                 },
             )
+            for i, found in enumerate(r.get("exemplars") or ()):
+                if found is not None and i < len(into["exemplars"]):
+                    into["exemplars"][i] = found
             _add(into["status"], r["status"])
             _add(into["latency"], r["latency"])
             _add(into["upstream"], r["upstream"])
@@ -198,10 +229,12 @@ def render(snapshots: list[dict[str, Any]]) -> str:
         for name, r in sorted(routes.items()):
             label = f'route="{_esc(name)}"'
             running = 0
-            for bound, count in zip((*BUCKETS, float("inf")), r[key], strict=True):
+            marks = r["exemplars"] if openmetrics and key == "latency" else [None] * len(r[key])
+            for bound, count, mark in zip((*BUCKETS, float("inf")), r[key], marks, strict=True):
                 running += count
                 le = "+Inf" if bound == float("inf") else repr(bound)
-                lines.append(f'{metric}_bucket{{{label},le="{le}"}} {running}')
+                shown = exemplar({"trace_id": mark[0]}, mark[1]) if mark else ""
+                lines.append(f'{metric}_bucket{{{label},le="{le}"}} {running}{shown}')
             lines.append(f"{metric}_sum{{{label}}} {r[key + '_sum']}")
             lines.append(f"{metric}_count{{{label}}} {running}")
     lines.append("# HELP corral_gateway_retries_total Upstream tries that were retries.")
@@ -252,4 +285,6 @@ def render(snapshots: list[dict[str, Any]]) -> str:
     lines.append("# TYPE corral_gateway_spans_total counter")
     for key, n in spans.items():
         lines.append(f'corral_gateway_spans_total{{outcome="{key}"}} {n}')
+    if openmetrics:
+        return to_openmetrics(lines)
     return "\n".join(lines) + "\n"

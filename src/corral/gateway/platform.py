@@ -12,6 +12,10 @@ plane cannot be reached the gateway keeps serving the last good config — kept 
 
 Traffic splits between releases of a service route to ``<service>@<release>`` clusters: the
 endpoints of each release are published beside the service's, from the instances' ``release``.
+Admin actions (cache purge, breaker reset: ``corral.gateway.admin``) arrive by a third watch,
+on ``/corral/gateway/actions/``, and are applied as they come; after a lost connection the
+watch resumes after the last action applied.
+
 Edge spans go to the config's ``telemetry.zipkin`` or, when it names none, to the platform's
 collector (the URL in ``$CORRAL_HOME/collector``, re-read when the file changes).
 """
@@ -29,7 +33,8 @@ import sys
 from typing import Any
 
 from corral import clock, model
-from corral.errors import CorralError
+from corral.errors import Compacted, CorralError
+from corral.gateway import admin
 from corral.gateway.config import GatewayConfig, parse_address, validate_gateway_data
 from corral.gateway.proxy import Gateway
 from corral.gateway.router import compile_routes
@@ -57,6 +62,7 @@ class PlatformGateway:
         self.statuses: dict[str, model.InstanceStatus] = {}
         self.endpoints: dict[str, tuple[tuple[str, int], ...]] = {}
         self._collector: tuple[float, str | None] = (0.0, None)
+        self.actions_seen = 0  # the revision of the last admin action applied (or skipped)
 
     # -- config ------------------------------------------------------------------------------
 
@@ -216,11 +222,14 @@ class PlatformGateway:
         while True:
             try:
                 config_rev, instances_rev = await self._list()
+                if not self.actions_seen:  # older actions are not replayed
+                    self.actions_seen = config_rev
                 self.stale = False
                 self._write_status()
                 await asyncio.gather(
                     self._watch(CONFIG_KEY, config_rev + 1),
                     self._watch(model.INSTANCES, instances_rev + 1),
+                    self._watch_actions(),
                 )
             except (CorralError, OSError) as exc:
                 if not self.stale:
@@ -243,6 +252,27 @@ class PlatformGateway:
                 if service is not None:
                     self._refresh(service)
         raise OSError(f"the watch on {prefix} ended")
+
+    async def _watch_actions(self) -> None:
+        try:
+            async for event in self.store.watch(admin.ACTIONS, self.actions_seen + 1):
+                self.actions_seen = event.kv.mod_revision
+                if event.type == "put" and self.gateway is not None:
+                    self._apply_action(event.kv.value)
+        except Compacted as exc:  # actions in the gap are lost: say so, go on from here
+            log.warning("gateway admin actions before revision %d were compacted", exc.revision)
+            self.actions_seen = exc.revision
+        raise OSError("the watch on gateway actions ended")
+
+    def _apply_action(self, value: bytes) -> None:
+        assert self.gateway is not None
+        try:
+            action = model.decode(value, admin.GatewayAction)
+        except Exception:  # a record this version cannot read must not stop the gateway
+            log.exception("gateway admin action unreadable")
+            return
+        touched = admin.apply(self.gateway, action, self.gateway.loop.time())
+        log.info("gateway admin: %s (%d touched)", admin.describe(action), touched)
 
     async def close(self) -> None:
         if self.gateway is not None:

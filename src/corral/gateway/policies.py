@@ -17,7 +17,10 @@ passes, in order:
    tightest decision's ``RateLimit-*`` headers go on the response;
 2. **hot parameters** → 429 likewise (a request without the key's value is not counted);
 3. **cache** (GET/HEAD of a route with ``cache``): a fresh entry is answered at once, no
-   upstream call; otherwise the response will be captured and stored if cacheable;
+   upstream call; a stale one within ``stale-while-revalidate`` too, and the first such
+   request sets ``refresh`` for the adapter to refetch it in the background
+   (``store_for`` stores the answer); otherwise the response will be captured and stored if
+   cacheable;
 4. **adaptive shedding** (gateway ``adaptive``) → 503 + ``Retry-After`` by criticality;
 5. **concurrency limits**, in order: admit, wait in the limiter's priority queue (the proxy
    parks the request and ``resume`` continues from here when a slot frees), or 503;
@@ -123,6 +126,8 @@ class Guard:
     cluster: str = ""
     finished: bool = False
     degrade: bool = False  # refused by an open breaker: stale cache or fallback may answer
+    updating: bool = False  # HIT on a stale entry (stale-while-revalidate)
+    refresh: bool = False  # …and this request should start its background refresh
 
     @property
     def kind(self) -> int:
@@ -413,9 +418,12 @@ class Policies:
                 found = cache.lookup(
                     method, request.host, request.path, request.query, request.header, now
                 )
-                if found.state == "fresh":
-                    self._count(rt.name, "cache_hit")
+                if found.state != "miss":
+                    fresh = found.state == "fresh"
+                    self._count(rt.name, "cache_hit" if fresh else "cache_updating")
                     guard.entry = found.entry
+                    guard.updating = not fresh
+                    guard.refresh = found.revalidate
                     guard.finished = True
                     return guard
                 self._count(rt.name, "cache_miss")
@@ -578,11 +586,21 @@ class Policies:
 
     def store(self, guard: Guard, status: int, head: bytes, body: bytes, now: float) -> bool:
         """Offer a complete upstream response to the cache; True if it was stored."""
+        return self.store_for(guard.rt, guard.request, status, head, body, now)
+
+    def store_for(
+        self,
+        rt: RouteRuntime,
+        request: RequestView,
+        status: int,
+        head: bytes,
+        body: bytes,
+        now: float,
+    ) -> bool:
+        """``store`` for a request no longer in flight (a background refresh)."""
         cache = self.cache
-        rt = guard.rt
         if cache is None or rt.cache_ttl is None or len(body) > rt.cache_max_entry:
             return False
-        request = guard.request
         entry = cache.store(
             method=request.method,
             host=request.host,
@@ -597,6 +615,21 @@ class Policies:
             route=rt.name,
         )
         return entry is not None
+
+    def purge(self, route: str | None = None, prefix: str | None = None) -> int:
+        """Drop cached responses of ``route`` and/or under a path ``prefix`` (admin API)."""
+        return self.cache.purge(route=route, prefix=prefix) if self.cache is not None else 0
+
+    def reset_breakers(self, route: str, now: float) -> int:
+        """Close every breaker of ``route`` with an empty window (admin API); the reset is
+        reported in ``transitions`` like any other."""
+        reset = 0
+        for key in sorted(self.breakers):
+            if key[0] == route:
+                transition = self.breakers[key].reset(now)
+                self.transitions.append((key[0], key[1], transition))
+                reset += 1
+        return reset
 
     def stale(self, guard: Guard, now: float) -> CachedResponse | None:
         """A stale entry to serve instead of an upstream failure (stale-if-error)."""

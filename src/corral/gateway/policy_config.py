@@ -32,8 +32,21 @@ Shape (every field optional; durations and sizes as elsewhere in the manifest)::
             targets: [{header: X-Canary, value: "1", to: release-8}]
             mirror: {to: {service: orders-shadow}, percent: 10}
           cache: {ttl: 30s, max_entry_bytes: 1MiB}
+          validation:                             # refused before any upstream call
+            body: {type: object, required: [items], properties: {...}}   # JSON Schema
+            headers: [x-api-key]                  # required request headers
+            query: [page]                         # required query parameters
+            content_types: [application/json]
+            max_body_bytes: 64KiB
+          mirror: {service: orders-shadow, percent: 10}   # or upstreams: [HOST:PORT]
+          enabled: true                           # admin switches: false → 503 "turned off"
+          force_fallback: false                   # true → every request gets the fallback
+          disabled: [cache]                       # features turned off on this route
           fallback: {status: 200, body: '{"items": []}',      # breaker open or no endpoint
                      headers: {Content-Type: application/json}}
+          plugins:                                # ordered; docs/plugins.md
+            - {module: "myplugins.auth:deny", budget: 1ms, config: {key: secret}}
+            - {process: "node examples/plugins/tag.js", timeout: 5ms}
 
 (``criticality`` is the shedding priority; the route's existing ``priority`` stays the
 integer that orders matching.) Models forbid unknown keys and are strict, as the gateway
@@ -69,6 +82,7 @@ from corral.manifest.load import _schema_problems
 from corral.manifest.schema import Duration, PositiveDuration, Size, describe, problem
 
 __all__ = [
+    "FEATURES",
     "GATEWAY_POLICY_FIELDS",
     "ROUTE_POLICY_FIELDS",
     "Adaptive",
@@ -82,11 +96,13 @@ __all__ = [
     "Policies",
     "PolicyConfig",
     "RateLimitPolicy",
+    "RouteMirror",
     "RoutePolicies",
     "Split",
     "SplitBackend",
     "SplitTarget",
     "Tier",
+    "Validation",
     "policy_reference_problems",
     "validate_policy_data",
 ]
@@ -103,6 +119,12 @@ _KEY_HINT = "use client_ip, header:NAME, cookie:NAME, param:NAME or none"
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _header_name(value: object) -> object:
+    if isinstance(value, str) and not HEADER_NAME.match(value):
+        raise problem(f"{value!r} is not a valid header name", "use letters, digits and -")
+    return value
 
 
 def _key_spec(value: object) -> object:
@@ -315,6 +337,86 @@ class Fallback(_Model):
         return self
 
 
+def _schema_compiles(value: object) -> object:
+    if isinstance(value, dict):
+        from corral.gateway.validation import SchemaProblem, compile_validator
+
+        try:
+            compile_validator(body=value)
+        except SchemaProblem as error:
+            where = f"at {error.path}" if error.path else "at its root"
+            raise problem(f"the body schema {where}: {error.message}", error.hint) from None
+    return value
+
+
+class Validation(_Model):
+    """Checks a request must pass before it goes upstream (``corral.gateway.validation``)."""
+
+    body: Annotated[dict[str, Any], BeforeValidator(_schema_compiles)] | None = Field(
+        default=None, description="JSON Schema of the request body (a supported subset)"
+    )
+    headers: list[Annotated[str, BeforeValidator(_header_name)]] = Field(
+        default_factory=list, description="request headers that must be present"
+    )
+    query: list[str] = Field(default_factory=list, description="query parameters required")
+    content_types: list[str] = Field(
+        default_factory=list, description="media types a body may have; empty: any"
+    )
+    max_body_bytes: Size | None = Field(default=None, ge=0, description="larger: 413")
+
+
+def _mirror_address(value: object) -> object:
+    if isinstance(value, str):
+        from corral.gateway.config import parse_address
+
+        try:
+            parse_address(value)
+        except ValueError as error:
+            raise problem(str(error), "write it like 127.0.0.1:9001") from None
+    return value
+
+
+class RouteMirror(_Model):
+    """A shadow copy of a share of the route's requests; the shadow's answer is discarded."""
+
+    service: str | None = Field(default=None, description="platform mode: another service")
+    upstreams: list[Annotated[str, BeforeValidator(_mirror_address)]] = Field(
+        default_factory=list, description="static addresses"
+    )
+    percent: Percent = Field(default=100.0, description="share of requests copied")
+    max_in_flight: int = Field(default=64, ge=1, description="copies at once; more are skipped")
+    max_body_bytes: Size = Field(default=64 * 1024, ge=0, description="larger bodies: no copy")
+    timeout: PositiveDuration = Field(default=5.0, description="a copy is dropped after")
+
+    @model_validator(mode="after")
+    def _one(self) -> RouteMirror:
+        if (self.service is None) == (not self.upstreams):
+            raise problem("set exactly one of service and upstreams", "e.g. service: shadow")
+        return self
+
+
+FEATURES = (
+    "rate_limits",
+    "hot_params",
+    "concurrency",
+    "breaker",
+    "split",
+    "cache",
+    "validation",
+    "mirror",
+)
+Feature = Literal[
+    "rate_limits",
+    "hot_params",
+    "concurrency",
+    "breaker",
+    "split",
+    "cache",
+    "validation",
+    "mirror",
+]
+
+
 class Adaptive(_Model):
     cpu: Percent = Field(default=80.0, description="CPU % that counts as hot")
     loop_lag: PositiveDuration = Field(default=0.05, description="event-loop lag that is hot")
@@ -383,6 +485,47 @@ ConcurrencyRef = Annotated[
 ]
 
 
+Phase = Literal["on_request", "on_response_headers", "on_body_chunk", "on_log"]
+PHASES: tuple[Phase, ...] = ("on_request", "on_response_headers", "on_body_chunk", "on_log")
+
+
+class PluginSpec(_Model):
+    """One plugin of a route (docs/plugins.md): in-process ``module: "pkg.mod:attr"`` (a
+    function or a class) or out-of-process ``process: "node tag.js"``."""
+
+    module: str | None = Field(default=None, description='"pkg.mod:function" or a class')
+    process: str | None = Field(default=None, description="command line of a plugin process")
+    socket: str | None = Field(default=None, description="Unix socket path of the process")
+    phases: list[Phase] = Field(default_factory=list, description="default: what it defines")
+    budget: PositiveDuration = Field(default=0.001, description="in-process time per call")
+    timeout: PositiveDuration = Field(default=0.005, description="out-of-process reply time")
+    fail_closed: bool = Field(default=False, description="timeout → 503 instead of continue")
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one(self) -> PluginSpec:
+        if (self.module is None) == (self.process is None):
+            raise problem(
+                "a plugin needs exactly one of module or process",
+                'e.g. {module: "myplugins.auth:deny"} or {process: "node tag.js"}',
+            )
+        if self.module is not None and ":" not in self.module:
+            raise problem(
+                f"plugin module {self.module!r} does not name an attribute",
+                'write "package.module:function" or "package.module:Class"',
+            )
+        if self.process is not None and (set(self.phases) - {"on_request"}):
+            raise problem(
+                "out-of-process plugins run in the on_request phase only",
+                "drop phases, or write an in-process plugin for the response phases",
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.module or self.process or "?"
+
+
 class RoutePolicies(_Model):
     """The policy fields of one route (merged into ``gateway.config.Route``)."""
 
@@ -394,6 +537,23 @@ class RoutePolicies(_Model):
     split: Split | None = None
     cache: CachePolicy | None = None
     fallback: Fallback | None = None
+    validation: Validation | None = None
+    mirror: RouteMirror | None = None
+    enabled: bool = Field(default=True, description="false: every request gets 503")
+    force_fallback: bool = Field(default=False, description="serve the fallback (planned)")
+    disabled: list[Feature] = Field(
+        default_factory=list, description="policy features turned off on this route"
+    )
+    plugins: list[PluginSpec] = Field(default_factory=list, description="ordered")
+
+    @model_validator(mode="after")
+    def _switches(self) -> RoutePolicies:
+        if self.force_fallback and self.fallback is None:
+            raise problem(
+                "force_fallback is on, but the route has no fallback",
+                "add fallback: {status: 200, body: ...}, or turn the route off instead",
+            )
+        return self
 
     def has_policies(self) -> bool:
         """Whether the route needs the guarded request path (a fallback alone does not: it
@@ -415,6 +575,11 @@ class GatewayPolicies(_Model):
     adaptive: Adaptive | None = None
     cache: CacheStore = Field(default_factory=CacheStore)
     tier: Tier = Field(default_factory=Tier)
+    plugins_generation: int = Field(
+        default=0,
+        ge=0,
+        description="bumped by POST /api/v1/gateway/plugins/reload: re-import plugin modules",
+    )
 
 
 ROUTE_POLICY_FIELDS = tuple(RoutePolicies.model_fields)
@@ -526,6 +691,15 @@ def policy_reference_problems(
                 if not isinstance(spec, Mapping):
                     continue
                 problems.extend(_use_problems(where, spec, has_service, params, template))
+        mirror = route.get("mirror")
+        if isinstance(mirror, Mapping) and mirror.get("service") and mode == "standalone":
+            problems.append(
+                Problem(
+                    _at(at, "mirror", "service"),
+                    "standalone mode has no services to mirror to",
+                    "list static upstreams: [HOST:PORT] instead",
+                )
+            )
         split = route.get("split")
         if isinstance(split, Mapping):
             if mode == "standalone":

@@ -50,11 +50,22 @@ from typing import Any, cast
 
 import httptools
 
+from corral.gateway import side
 from corral.gateway.config import Limits
-from corral.gateway.framing import BodyFramer, FramingError
+from corral.gateway.framing import BodyFramer, FramingError, dechunk
 from corral.gateway.lb import Endpoint, Picker, make_picker
 from corral.gateway.metrics import Metrics
 from corral.gateway.outlier import Outcome, OutlierDetector, routable
+from corral.gateway.plugins import (
+    PENDING,
+    LogRecord,
+    PluginChain,
+    PluginFailed,
+    PluginRequest,
+    Respond,
+    reload_modules,
+)
+from corral.gateway.plugins_process import PluginProcess, build_chains
 from corral.gateway.policies import (
     GO,
     HIT,
@@ -66,7 +77,7 @@ from corral.gateway.policies import (
     render_fallback,
 )
 from corral.gateway.retry import IDEMPOTENT, RETRYABLE_STATUS, RetryBudget
-from corral.gateway.router import Cluster, CompiledRoute, RouteTable
+from corral.gateway.router import Cluster, CompiledRoute, Mirror, RouteMatch, RouteTable
 from corral.gateway.spans import Recorder
 
 __all__ = ["SWEEP_SECONDS", "ClientConnection", "Gateway", "Pool", "UpstreamConnection"]
@@ -76,6 +87,7 @@ log = logging.getLogger("corral.gateway")
 SWEEP_SECONDS = 0.25
 MAX_IDLE_PER_ENDPOINT = 256
 MAX_RESPONSE_HEAD = 64 * 1024
+MAX_SIDE_RESPONSE = 16 << 20  # a mirror's answer larger than this is cut off
 
 _HEAD, _BODY, _WAIT, _TUNNEL, _CLOSED, _PARKED = 0, 1, 2, 3, 4, 5
 # Deadline kinds of a client connection.
@@ -88,6 +100,7 @@ _REASONS = {
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
+    415: b"Unsupported Media Type",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
@@ -370,6 +383,12 @@ class Gateway:
         self.on_ejection: Callable[[str, str, str], None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._servers: list[asyncio.AbstractServer] = []
+        self.mirrors: dict[str, int] = {}  # route → shadow copies in flight
+        self.side_tasks: set[asyncio.Task[None]] = set()
+        # Route name → plugin chain; None when no route has plugins (one test per request).
+        self.plugins: dict[str, PluginChain] | None = None
+        self.plugin_processes: dict[tuple[str, str | None], PluginProcess] = {}
+        self.plugins_generation = -1  # of the config applied; -1: nothing applied yet
         self.apply(table)
 
     # --- configuration (off the hot path) -------------------------------------------------
@@ -404,12 +423,47 @@ class Gateway:
         self.pools, self.budgets, self.table = pools, budgets, table
         self._apply_policies(table)
         self._apply_telemetry(table)
+        self._apply_plugins(table)
+
+    def _apply_plugins(self, table: RouteTable) -> None:
+        specs = [(r.name, r.route.plugins) for r in table.routes if r.route.plugins]
+        generation = table.config.plugins_generation if table.config is not None else 0
+        if generation != self.plugins_generation:
+            # The admin API's reload: a config version, so every worker re-imports.
+            if self.plugins_generation >= 0:
+                reload_modules([s for _, route in specs for s in route])
+            self.plugins_generation = generation
+        if not specs and not self.plugin_processes:
+            self.plugins = None
+            return
+        if self.plugins is not None:  # log records batched under the old chains
+            for chain in self.plugins.values():
+                chain.flush_logs()
+        chains, processes = build_chains(specs, self.plugin_processes, self.loop, self.count)
+        for key, process in self.plugin_processes.items():
+            if key not in processes:
+                task = self.loop.create_task(process.close())
+                self.side_tasks.add(task)
+                task.add_done_callback(self.side_tasks.discard)
+        self.plugins = chains or None
+        self.plugin_processes = processes
+
+    def reload_plugins(self) -> list[str]:
+        """Re-import every in-process plugin module and rebuild the chains (budgets start
+        over, so disabled plugins come back); returns the reloaded module names."""
+        specs = [s for r in self.table.routes for s in r.route.plugins]
+        names = reload_modules(specs)
+        self._apply_plugins(self.table)
+        return names
 
     def _apply_policies(self, table: RouteTable) -> None:
         if any(r.guarded for r in table.routes) or self.policies is not None:
+            old = self.policies
             self.policies = Policies.build(
-                table, self.policies, worker=self.worker, workers=self.workers, rng=self.rng
+                table, old, worker=self.worker, workers=self.workers, rng=self.rng
             )
+            if old is None:  # counts made before policies existed (mirrors, validation)
+                self.policies.counts.update(self.metrics.policy_counts)
             self.metrics.policy_counts = self.policies.counts
             if not self.policies.routes and not self.policies.waiting:
                 self.policies = None
@@ -511,8 +565,53 @@ class Gateway:
         self.metrics.active_connections = len(self.connections)
         if self.policies is not None:
             self._policy_sweep(self.policies, now)
+        if self.plugins is not None:
+            for chain in self.plugins.values():
+                chain.flush_logs()
         for hook in self.on_sweep:
             hook(now)
+
+    # --- side requests: mirroring -----------------------------------------------------------
+
+    def count(self, route: str, what: str) -> None:
+        counts = self.metrics.policy_counts
+        counts[(route, what)] = counts.get((route, what), 0) + 1
+
+    def side_request(
+        self, endpoint: Endpoint, data: bytes, timeout: float, done: side.Done
+    ) -> None:
+        """Start a request of the gateway's own (a mirror copy, a cache refresh)."""
+        task = self.loop.create_task(
+            side.send(
+                self.loop,
+                endpoint.host,
+                endpoint.port,
+                data,
+                timeout=timeout,
+                limit=MAX_SIDE_RESPONSE,
+                on_done=done,
+            )
+        )
+        self.side_tasks.add(task)
+        task.add_done_callback(self.side_tasks.discard)
+
+    def mirror(self, route: str, mirror: Mirror, head: bytes, body: bytes) -> None:
+        """Send a shadow copy of a request; its answer is read and dropped. A copy never
+        waits: over ``max_in_flight`` or without an endpoint it is skipped (and counted)."""
+        in_flight = self.mirrors.get(route, 0)
+        pool = self.pools.get(mirror.cluster)
+        endpoint = pool.pick(self.rng, None, ()) if pool is not None else None
+        if in_flight >= mirror.max_in_flight or endpoint is None:
+            self.count(route, "mirror_skipped")
+            return
+        self.mirrors[route] = in_flight + 1
+
+        def done(status: int, _head: bytes, _body: bytes) -> None:
+            self.mirrors[route] = self.mirrors.get(route, 1) - 1
+            self.count(route, "mirror_failed" if status == 0 else "mirrored")
+
+        data = side.close_head(head, b"X-Corral-Mirror: 1\r\n") + body
+        self.side_request(endpoint, data, mirror.timeout, done)
 
     # --- policies (their state lives in ``Policies``; this is the I/O side) ----------------
 
@@ -583,8 +682,16 @@ class Gateway:
                     conn.close()
         for conn in list(self.connections):
             conn.abort()
+        for task in list(self.side_tasks):
+            task.cancel()
         for pool in self.pools.values():
             pool.close()
+        if self.plugins is not None:
+            for chain in self.plugins.values():
+                chain.flush_logs()
+        for process in self.plugin_processes.values():
+            await process.close()
+        self.plugin_processes = {}
         if self.recorder is not None:
             await self.recorder.close(self.loop)
         if self._sweeper is not None:
@@ -655,6 +762,17 @@ class ClientConnection(asyncio.Protocol):
         self.trace_id = b""
         self.host_b = b""
         self.path = ""
+        # Rarer per-request features (``CompiledRoute.extra``): validation, mirroring.
+        self.special = False  # some of the fields below may be set: reset them after
+        self.hold: list[bytes] | None = None  # a body held back until it is validated
+        self.held: RouteMatch | None = None
+        self.held_at: tuple[str, str, str] = ("", "", "")  # host, path, query
+        self.ready_body: list[bytes] | None = None  # a validated body, sent with the first try
+        self.mirror_body: list[bytes] | None = None  # a streamed body copied for the mirror
+        self.mirror_size = 0
+        self.chain: PluginChain | None = None  # this request's route has plugins
+        self.plugin_request: PluginRequest | None = None
+        self.plugin_wait: object | None = None  # token while an out-of-process plugin answers
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -816,11 +934,16 @@ class ClientConnection(asyncio.Protocol):
                 if n:
                     chunk = bytes(buf[:n])
                     del buf[:n]
-                    self._send(chunk)
+                    if self.hold is not None:
+                        self.hold.append(chunk)
+                    else:
+                        self._send(chunk)
                 if not done:
                     return
                 self.state = _WAIT
                 self.request_done = True
+                if self.special:
+                    self._body_done()
             else:
                 backlog = len(buf) > self.gw.limits.max_header_bytes
                 if backlog and state in (_WAIT, _PARKED):
@@ -964,6 +1087,14 @@ class ClientConnection(asyncio.Protocol):
         self.total_deadline = gw.now + route.timeouts.total
         gw.budgets[route.name].on_request()
         self.cluster = route.cluster
+        plugins = gw.plugins
+        if plugins is not None:
+            chain = plugins.get(route.name)
+            if chain is not None and self._plugins(chain, found, method, host, path, query):
+                return
+        # ``_admit``'s body, inlined: a plugin-free request pays no extra call here.
+        if route.extra and self._extras(found, method, host, path, query):
+            return
         if route.guarded and gw.policies is not None:
             view = RequestView(
                 method,
@@ -978,6 +1109,212 @@ class ClientConnection(asyncio.Protocol):
             self._guarded(gw.policies.admit(route, view, self, gw.loop.time()))
             return
         self._begin_try()
+
+    def _admit(self, found: RouteMatch, method: str, host: str, path: str, query: str) -> None:
+        """After an out-of-process plugin: the rarer features, the traffic policies, then the
+        first try (the tail of ``_start``; keep the two alike)."""
+        route = found.route
+        gw = self.gw
+        if route.extra and self._extras(found, method, host, path, query):
+            return
+        if route.guarded and gw.policies is not None:
+            view = RequestView(
+                method,
+                host,
+                path,
+                query,
+                self.peer.decode(),
+                self._header,
+                self._cookie,
+                found.params,
+            )
+            self._guarded(gw.policies.admit(route, view, self, gw.loop.time()))
+            return
+        self._begin_try()
+
+    # --- plugins (routes in ``Gateway.plugins`` only) --------------------------------------
+
+    def _plugins(
+        self, chain: PluginChain, found: RouteMatch, method: str, host: str, path: str, query: str
+    ) -> bool:
+        """Run the route's ``on_request`` hooks; True when they took the request over."""
+        self.special = True
+        self.chain = chain
+        request = self.plugin_request = PluginRequest(
+            chain.route,
+            method,
+            host,
+            path,
+            query,
+            self.peer.decode(),
+            self.request_id.decode("latin-1"),
+            self._head,
+        )
+        token = self.plugin_wait = object()
+
+        def resume(answer: Respond | None) -> None:
+            if self.plugin_wait is not token or self.state == _CLOSED:
+                return
+            try:
+                self._plugins_done(found, answer)
+            except Exception:
+                log.exception("gateway: request handling failed after a plugin")
+                self._fail(500, "internal error")
+
+        outcome = chain.on_request(request, resume)
+        if outcome is PENDING:
+            if not self.request_done:
+                self.hold = []  # body bytes wait for the plugin's verdict
+            return True
+        self.plugin_wait = None
+        if outcome is not None:
+            self._plugin_answer(outcome)
+            return True
+        if request.edited:
+            self.out_head = request.apply(self.out_head)
+        return False
+
+    def _plugins_done(self, found: RouteMatch, answer: Respond | None) -> None:
+        """An out-of-process plugin answered (or timed out): go on with the request."""
+        self.plugin_wait = None
+        held, self.hold = self.hold, None
+        if answer is not None:
+            self._plugin_answer(answer)
+            return
+        request = self.plugin_request
+        if request is not None and request.edited:
+            self.out_head = request.apply(self.out_head)
+        self.ready_body = held or None
+        assert request is not None
+        self._admit(found, self.method, request.host, request.path, request.query)
+        hold = self._holding()
+        if hold is not None and held:  # validation now holds the body: it came first
+            hold[:0] = held
+            self.ready_body = None
+        if hold is not None and self.request_done:
+            self._validate_held()
+        elif self.state == _BODY and self.buf:
+            self._run()
+
+    def _holding(self) -> list[bytes] | None:
+        return self.hold  # re-read after a call that may have set it
+
+    def _plugin_answer(self, answer: Respond) -> None:
+        close = not self.request_done or not self._keep_alive
+        data = answer.render(close=close, request_id=self.request_id)
+        self._answer_local(answer.status, data, close)
+
+    # --- validation, mirroring and admin switches (``route.extra`` only) -------------------
+
+    def _extras(self, found: RouteMatch, method: str, host: str, path: str, query: str) -> bool:
+        """Run a route's rarer features; True when they took the request over (answered it,
+        or hold its body until it is validated)."""
+        route = found.route
+        self.special = True
+        if route.off:
+            self.gw.count(route.name, "turned_off")
+            self._answer_error(503, f"route {route.name} is turned off")
+            return True
+        if route.force_fallback and route.fallback is not None:
+            self.gw.count(route.name, "forced_fallback")
+            close = not self.request_done or not self._keep_alive
+            data = render_fallback(
+                route.fallback,
+                head_only=method == "HEAD",
+                close=close,
+                extra=self._extra_headers(None),
+            )
+            self._answer_local(route.fallback.status, data, close)
+            return True
+        validator = route.validator
+        if validator is not None:
+            framer = self.framer
+            assert framer is not None
+            has_body = not framer.done
+            length = None if framer.chunked else framer.remaining
+            failure = validator.check_head(method, self._header, query, has_body, length)
+            if failure is None and validator.wants_body(method, has_body):
+                if has_body:
+                    self.hold = []
+                    self.held = found
+                    self.held_at = (host, path, query)
+                    return True
+                failure = validator.check_body(b"")
+            if failure is not None:
+                self.gw.count(route.name, "invalid")
+                self._answer_error(failure.status, failure.message)
+                return True
+        if route.mirror is not None:
+            self._mirror_begin(route.mirror, route.name, b"" if self.request_done else None)
+        return False
+
+    def _mirror_begin(self, mirror: Mirror, route: str, body: bytes | None) -> None:
+        """Maybe copy this request to the mirror: now when its ``body`` is known, else when
+        the streamed body ends."""
+        gw = self.gw
+        if mirror.fraction < 1.0 and gw.rng.random() >= mirror.fraction:
+            return
+        if body is not None:
+            gw.mirror(route, mirror, self.out_head, body)
+        else:
+            self.mirror_body = []
+            self.mirror_size = 0
+
+    def _body_done(self) -> None:
+        """The request body has all arrived (a route with ``extra`` features)."""
+        if self.plugin_wait is not None:
+            return  # held until the plugin answers
+        if self.hold is not None:
+            self._validate_held()
+            return
+        copy = self.mirror_body
+        route = self.route
+        if copy is not None and route is not None and route.mirror is not None:
+            self.mirror_body = None
+            self.gw.mirror(route.name, route.mirror, self.out_head, b"".join(copy))
+
+    def _validate_held(self) -> None:
+        hold, found = self.hold, self.held
+        self.hold = self.held = None
+        assert hold is not None and found is not None and self.framer is not None
+        route = found.route
+        validator = route.validator
+        assert validator is not None
+        raw = b"".join(hold)
+        try:
+            body = dechunk(raw) if self.framer.chunked else raw
+        except FramingError as error:
+            self._answer_error(400, f"malformed body: {error}")
+            return
+        failure = validator.check_body(body)
+        if failure is not None:
+            self.gw.count(route.name, "invalid")
+            self._answer_error(failure.status, failure.message)
+            return
+        self.ready_body = hold
+        if route.mirror is not None:
+            self._mirror_begin(route.mirror, route.name, raw)
+        host, path, query = self.held_at
+        gw = self.gw
+        if route.guarded and gw.policies is not None:
+            view = RequestView(
+                self.method,
+                host,
+                path,
+                query,
+                self.peer.decode(),
+                self._header,
+                self._cookie,
+                found.params,
+            )
+            self._guarded(gw.policies.admit(route, view, self, gw.loop.time()))
+            return
+        self._begin_try()
+
+    def _reset_special(self) -> None:
+        self.special = False
+        self.hold = self.held = self.ready_body = self.mirror_body = None
+        self.chain = self.plugin_request = self.plugin_wait = None
 
     # --- traffic policies (guarded routes only) -------------------------------------------
 
@@ -1010,17 +1347,51 @@ class ClientConnection(asyncio.Protocol):
         elif kind == HIT:
             entry = guard.entry
             assert entry is not None
+            if guard.refresh:
+                self._refresh(guard)
             close = not self.request_done or not self._keep_alive
+            state = b"X-Cache: UPDATING\r\n" if guard.updating else b"X-Cache: HIT\r\n"
             data = render_cached(
                 entry,
                 head_only=self.method == "HEAD",
                 close=close,
-                extra=self._extra_headers(guard, b"X-Cache: HIT\r\n"),
+                extra=self._extra_headers(guard, state),
                 now=self.gw.loop.time(),
             )
             self._answer_local(entry.status, data, close)
         else:
             self._refused(guard)
+
+    def _refresh(self, guard: Guard) -> None:
+        """stale-while-revalidate: refetch a stale entry in the background, once (the cache
+        decides who starts it), while this request is answered from the stale entry."""
+        gw = self.gw
+        pool = gw.pools.get(guard.cluster)
+        endpoint = pool.pick(gw.rng, None, ()) if pool is not None else None
+        route = self.route
+        if endpoint is None or route is None:
+            return
+        head, lower = self._head, self._lower_head()
+
+        def header(name: str) -> str | None:  # this request's headers, for the Vary key
+            value = _value(head, lower, b"\r\n" + name.lower().encode("latin-1") + b":")
+            return None if value is None else value.decode("latin-1")
+
+        r = guard.request
+        view = RequestView("GET", r.host, r.path, r.query, r.client_ip, header, r.cookie, r.params)
+        out = self.out_head
+        if self.method == "HEAD":
+            out = b"GET" + out[4:]
+        rt = guard.rt
+
+        def done(status: int, response_head: bytes, body: bytes) -> None:
+            policies = gw.policies
+            stored = status != 0 and policies is not None
+            if stored and policies is not None:
+                stored = policies.store_for(rt, view, status, response_head, body, gw.loop.time())
+            gw.count(rt.name, "cache_refreshed" if stored else "cache_refresh_failed")
+
+        gw.side_request(endpoint, side.close_head(out), route.timeouts.per_try, done)
 
     def _extra_headers(self, guard: Guard | None, more: bytes = b"") -> bytes:
         parts = [more]
@@ -1101,7 +1472,23 @@ class ClientConnection(asyncio.Protocol):
         if route is None:
             return
         gw = self.gw
-        gw.metrics.route(route.name).observe(status, now - self.started, try_latency)
+        # Exemplars link a latency bucket to a trace only when the trace is being exported.
+        exemplar = self.trace_id if gw.recorder is not None else None
+        gw.metrics.route(route.name).observe(status, now - self.started, try_latency, exemplar)
+        chain = self.chain
+        if chain is not None and chain.logs:
+            chain.record(
+                LogRecord(
+                    route.name,
+                    self.method,
+                    self.plugin_request.host if self.plugin_request is not None else "",
+                    self.plugin_request.path if self.plugin_request is not None else "",
+                    status,
+                    now - self.started,
+                    self.request_id.decode("latin-1"),
+                    self.peer.decode(),
+                )
+            )
         guard = self.guard
         if guard is not None:
             self.guard = None
@@ -1227,6 +1614,10 @@ class ClientConnection(asyncio.Protocol):
             self.pending = [first, *body] if body else [first]
             self.deadline = min(gw.now + route.timeouts.connect, self.total_deadline)
             conn.connect_task = gw.loop.create_task(conn.connect(gw.loop))
+        if self.ready_body is not None:  # a validated body: it follows the head
+            ready, self.ready_body = self.ready_body, None
+            for chunk in ready:
+                self._send(chunk)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         conn.client = self
@@ -1244,6 +1635,17 @@ class ClientConnection(asyncio.Protocol):
             self.kept_size += len(chunk)
             if self.kept_size > self.gw.limits.retry_buffer_bytes:
                 self.kept = None  # too big to replay: no retries for this request
+        copy = self.mirror_body
+        if copy is not None:
+            self.mirror_size += len(chunk)
+            route = self.route
+            if route is None or route.mirror is None:
+                self.mirror_body = None
+            elif self.mirror_size > route.mirror.max_body_bytes:
+                self.mirror_body = None
+                self.gw.count(route.name, "mirror_skipped")
+            else:
+                copy.append(chunk)
         up = self.upstream
         if up is not None and up.transport is not None and not self.pending:
             up.transport.write(chunk)
@@ -1285,6 +1687,15 @@ class ClientConnection(asyncio.Protocol):
                     + b"".join(n + b": " + v + b"\r\n" for n, v in guard.headers)
                     + b"\r\n"
                 )
+        chain = self.chain
+        if chain is not None and chain.response and self.plugin_request is not None:
+            try:
+                head = chain.on_response_headers(self.plugin_request, status, head)
+            except PluginFailed as failed:
+                self._end_try(conn, "ok", reusable=False)
+                self.capture = None
+                self._plugin_answer(Respond(500, f"plugin {failed.label} failed\n"))
+                return False
         self.responded = True
         transport = self.transport
         if transport is None or self.state == _CLOSED:
@@ -1444,6 +1855,8 @@ class ClientConnection(asyncio.Protocol):
             conn.abort()
 
     def _next_request(self) -> None:
+        if self.special:
+            self._reset_special()
         if self.state == _CLOSED:
             return
         if not self._keep_alive or not self.request_done:
@@ -1724,6 +2137,8 @@ class UpstreamConnection(asyncio.Protocol):
                     out.write(client.pending_head + data if data else client.pending_head)
                     if client.capture is not None:
                         client.capture.append(data)
+                    if client.chain is not None and client.chain.body and data:
+                        client.chain.on_body_chunk(client.plugin_request, data)  # type: ignore[arg-type]  # set with chain
                     client.response_done(self, self.keep_alive)
                     return
                 self.framer = BodyFramer(length)
@@ -1749,6 +2164,8 @@ class UpstreamConnection(asyncio.Protocol):
         n, done = framer.feed(data)
         if client.capture is not None:
             client.keep(data[:n])
+        if client.chain is not None and client.chain.body and n:
+            client.chain.on_body_chunk(client.plugin_request, data[:n])  # type: ignore[arg-type]  # set with chain
         if n == len(data):
             out.write(head + data if head else data)
         else:

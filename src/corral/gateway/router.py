@@ -28,6 +28,9 @@ also gets a cluster per backend: ``service:<name>`` for another service and
 ``service:<route's service>@<release>`` for one release of its own service (the platform
 supplies those endpoints too). ``guarded`` marks the routes whose requests go through the
 traffic policies (``corral.gateway.policies``); every other route takes the plain path.
+``extra`` marks the routes with request validation, a mirror or an admin switch on (``off``,
+``force_fallback``); a route's ``disabled`` features are cleared before it is compiled
+(``effective``), so a feature turned off costs what an absent one does.
 """
 
 from __future__ import annotations
@@ -46,9 +49,18 @@ from corral.gateway.config import (
     Route,
     Timeouts,
 )
-from corral.gateway.policy_config import Fallback
+from corral.gateway.policy_config import FEATURES, Fallback
+from corral.gateway.validation import RequestValidator, compile_validator
 
-__all__ = ["Cluster", "CompiledRoute", "RouteMatch", "RouteTable", "compile_routes"]
+__all__ = [
+    "Cluster",
+    "CompiledRoute",
+    "Mirror",
+    "RouteMatch",
+    "RouteTable",
+    "compile_routes",
+    "effective",
+]
 
 HeaderLookup = Callable[[str], "str | None"]
 
@@ -94,6 +106,13 @@ class CompiledRoute:
     guarded: bool = False  # rate limits, concurrency, breaker, split or cache apply
     fallback: Fallback | None = None
     backends: tuple[tuple[str, str], ...] = ()  # split backend name → cluster key
+    # The rarer per-request features; ``extra`` is set when any is, so a route with none of
+    # them costs one attribute test.
+    extra: bool = False
+    off: bool = False  # admin switch: the route answers 503
+    force_fallback: bool = False  # admin switch: the route answers its fallback
+    validator: RequestValidator | None = None
+    mirror: Mirror | None = None
 
     def upstream_path(self, path: str, params: Mapping[str, str]) -> str:
         """The path to send upstream after this route's rewrite (``path`` when none)."""
@@ -111,6 +130,17 @@ class CompiledRoute:
                 out = out.replace("{" + name + "}", value)
             return out
         return path
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """Where a route's shadow copies go (``cluster``) and how many."""
+
+    cluster: str
+    fraction: float
+    max_in_flight: int
+    max_body_bytes: int
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +252,27 @@ def split_backends(route: Route) -> tuple[tuple[str, str], ...]:
     return tuple(backends)
 
 
+def effective(route: Route) -> Route:
+    """The route with its ``disabled`` features cleared (an admin switch)."""
+    if not route.disabled:
+        return route
+    cleared: dict[str, object] = {}
+    for feature in FEATURES:
+        if feature in route.disabled:
+            default = Route.model_fields[feature].get_default(call_default_factory=True)
+            cleared[feature] = default
+    return route.model_copy(update=cleared)
+
+
+def mirror_cluster(route: Route) -> str | None:
+    mirror = route.mirror
+    if mirror is None:
+        return None
+    return f"service:{mirror.service}" if mirror.service is not None else f"mirror:{route.name}"
+
+
 def _compile_route(route: Route, adaptive: bool = False) -> CompiledRoute:
+    route = effective(route)
     m = route.match
     host = host_suffix = None
     if m.host is not None:
@@ -240,6 +290,26 @@ def _compile_route(route: Route, adaptive: bool = False) -> CompiledRoute:
     else:
         kind, path = _ANY, ""
     cluster = f"service:{route.service}" if route.service is not None else f"static:{route.name}"
+    validator = None
+    if route.validation is not None:
+        v = route.validation
+        validator = compile_validator(
+            body=v.body,
+            headers=v.headers,
+            query=v.query,
+            content_types=v.content_types,
+            max_body_bytes=v.max_body_bytes,
+        )
+    mirror = None
+    if route.mirror is not None:
+        mirror = Mirror(
+            cluster=mirror_cluster(route) or "",
+            fraction=route.mirror.percent / 100.0,
+            max_in_flight=route.mirror.max_in_flight,
+            max_body_bytes=route.mirror.max_body_bytes,
+            timeout=route.mirror.timeout,
+        )
+    off = not route.enabled
     return CompiledRoute(
         name=route.name,
         priority=route.priority,
@@ -262,6 +332,11 @@ def _compile_route(route: Route, adaptive: bool = False) -> CompiledRoute:
         guarded=adaptive or route.has_policies(),
         fallback=route.fallback,
         backends=split_backends(route),
+        extra=off or route.force_fallback or validator is not None or mirror is not None,
+        off=off,
+        force_fallback=route.force_fallback,
+        validator=validator,
+        mirror=mirror,
     )
 
 
@@ -295,6 +370,16 @@ def compile_routes(config: GatewayConfig, version: int = 0) -> RouteTable:
             outlier=route.outlier,
             health_check=route.health_check,
         )
+    for route in config.routes:
+        key = mirror_cluster(route) or ""
+        if route.mirror is not None and key not in clusters:
+            clusters[key] = Cluster(
+                key=key,
+                upstreams=tuple((a, 1) for a in route.mirror.upstreams),
+                lb=LoadBalancing(),
+                outlier=route.outlier,
+                health_check=None,
+            )
     for done in compiled:
         for _, key in done.backends:
             if key not in clusters:

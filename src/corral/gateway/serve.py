@@ -68,6 +68,7 @@ from corral.gateway.healthcheck import HealthChecker
 from corral.gateway.metrics import render
 from corral.gateway.proxy import Gateway
 from corral.gateway.router import compile_routes
+from corral.telemetry.exposition import content_type, wants_openmetrics
 
 __all__ = ["Supervisor", "run_worker", "serve"]
 
@@ -192,7 +193,9 @@ class Supervisor:
             for path in sorted(self.state.glob("metrics-*.json")):
                 with contextlib.suppress(OSError, ValueError):
                     snapshots.append(json.loads(path.read_text()))
-            return web.Response(text=render(snapshots), content_type="text/plain")
+            om = wants_openmetrics(request.headers.get("Accept"))
+            body = render(snapshots, openmetrics=om).encode()
+            return web.Response(body=body, headers={"Content-Type": content_type(om)})
 
         async def healthz(request: web.Request) -> web.Response:
             alive = sum(1 for p in self.workers.values() if p.poll() is None)
