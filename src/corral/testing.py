@@ -23,6 +23,7 @@ import yaml
 from corral.client import Client
 from corral.errors import CorralError
 from corral.home import Home
+from corral.telemetry.inject import SWITCH_ENV
 
 T = TypeVar("T")
 
@@ -55,15 +56,22 @@ def wait_for(
 class Platform:
     """A control plane running as a real subprocess on its own CORRAL_HOME."""
 
-    def __init__(self, home: Path, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, home: Path, proc: subprocess.Popen[bytes], auto_instrument: bool = False
+    ) -> None:
         self.home = Home(home)
         self.proc = proc
+        self.auto_instrument = auto_instrument
         self.client = Client.for_home(self.home)
 
     @classmethod
-    def launch(cls, home: Path, timeout: float = 20.0) -> Platform:
+    def launch(cls, home: Path, timeout: float = 20.0, auto_instrument: bool = False) -> Platform:
+        """Start a control plane. Auto-instrumentation is off unless asked for: it adds a few
+        hundred milliseconds to every Python start, which tests with tight probes do not want."""
         home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "CORRAL_HOME": str(home)}
+        if not auto_instrument:
+            env[SWITCH_ENV] = "off"
         log = open(home / "server.out", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "corral.cli.main", "server"],
@@ -85,12 +93,12 @@ class Platform:
             return url is not None and Client(url, h.token()).healthy()
 
         wait_for(up, timeout, what="the control plane to serve")
-        return cls(home, proc)
+        return cls(home, proc, auto_instrument)
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, home: Path) -> Iterator[Platform]:
-        platform = cls.launch(home)
+    def start(cls, home: Path, auto_instrument: bool = False) -> Iterator[Platform]:
+        platform = cls.launch(home, auto_instrument=auto_instrument)
         try:
             yield platform
         finally:
@@ -102,7 +110,7 @@ class Platform:
         self.proc.wait(10)
 
     def restart(self) -> Platform:
-        return Platform.launch(self.home.path)
+        return Platform.launch(self.home.path, auto_instrument=self.auto_instrument)
 
     def apply_text(self, text: str, base_dir: Path | None = None) -> dict[str, Any]:
         data = yaml.safe_load(text)

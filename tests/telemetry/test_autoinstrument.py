@@ -1,0 +1,122 @@
+"""Zero-touch tracing, the decisions (pure) and the bootstrap as an interpreter meets it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corral.telemetry import autoinstrument as ai
+from corral.telemetry.inject import BOOTSTRAP_DIR, find_site
+
+SITE = ai.SitePaths(bootstrap="/boot", packages="/otel")
+
+
+@pytest.mark.parametrize(
+    ("argv", "shebang", "interpreter"),
+    [
+        (["python3", "app.py"], None, ["python3"]),
+        (["/usr/bin/python3.11", "-m", "shop"], None, ["/usr/bin/python3.11"]),
+        (["python", "-u", "-X", "dev", "app.py"], None, ["python", "-u", "-X", "dev"]),
+        (["python3", "-I", "app.py"], None, ["python3", "-I"]),
+        (["./app.py"], "#!/usr/bin/env python3", ["/usr/bin/env", "python3"]),
+        (["gunicorn", "app:app"], "#!/srv/venv/bin/python", ["/srv/venv/bin/python"]),
+        (["./app.py"], "#!/usr/bin/env -S python3 -u", ["/usr/bin/env", "python3", "-u"]),
+        (["node", "server.js"], None, None),
+        (["./run.sh"], "#!/bin/sh", None),
+        (["./app"], "\x7fELF", None),
+        (["pythonista"], None, None),
+        ([], None, None),
+    ],
+)
+def test_python_services_are_recognised_from_their_command(
+    argv: list[str], shebang: str | None, interpreter: list[str] | None
+) -> None:
+    assert ai.python_interpreter(argv, shebang) == interpreter
+
+
+def test_the_site_goes_in_front_of_the_services_own_pythonpath() -> None:
+    env = ai.instrumented_env({"PYTHONPATH": "/app/lib", "A": "1"}, SITE, {})
+    assert env["PYTHONPATH"] == "/boot:/otel:/app/lib"
+    assert env["A"] == "1"
+    assert ai.instrumented_env({}, SITE, {})["PYTHONPATH"] == "/boot:/otel"
+
+
+def test_health_probe_paths_are_not_traced_unless_the_service_says_otherwise() -> None:
+    spec = {"health": {"readiness": {"http": "/ready"}, "liveness": {"http": "/healthz?deep=1"}}}
+    env = ai.instrumented_env({}, SITE, spec)
+    assert env["OTEL_PYTHON_EXCLUDED_URLS"] == "/ready$,/healthz$"
+    own = ai.instrumented_env({"OTEL_PYTHON_EXCLUDED_URLS": "x"}, SITE, spec)
+    assert own["OTEL_PYTHON_EXCLUDED_URLS"] == "x"
+
+
+def test_opting_out_in_the_manifest_turns_it_off() -> None:
+    assert ai.opted_in({})
+    assert ai.opted_in({"telemetry": {"auto_instrument": True}})
+    assert not ai.opted_in({"telemetry": {"auto_instrument": False}})
+
+
+def test_the_check_reads_the_bootstraps_answer_or_says_why_there_is_none() -> None:
+    assert ai.parse_check("noise\ncorral-otel: ok Python 3.11.7\n", 0) == ai.Check(
+        True, "Python 3.11.7"
+    )
+    failed = ai.parse_check("corral-otel: unavailable Python 3.9 is older\n", 0)
+    assert not failed.ok and failed.detail == "Python 3.9 is older"
+    silent = ai.parse_check("", 0)
+    assert not silent.ok and "did not load the bootstrap" in silent.detail
+    late = ai.parse_check("", None)
+    assert not late.ok and not late.final
+
+
+def test_the_manifest_accepts_the_opt_out_and_refuses_typos() -> None:
+    from corral.errors import CorralError
+    from corral.manifest.schema import Service
+
+    service = Service.model_validate(
+        {"command": ["python3", "app.py"], "telemetry": {"auto_instrument": False}}
+    )
+    assert service.telemetry.auto_instrument is False
+    assert Service.model_validate({"command": ["x"]}).model_dump()["telemetry"] == {
+        "auto_instrument": True
+    }
+    with pytest.raises((CorralError, ValueError)):
+        Service.model_validate({"command": ["x"], "telemetry": {"auto_instrumnet": False}})
+
+
+needs_site = pytest.mark.skipif(
+    find_site() is None, reason="the OpenTelemetry site is not built (scripts/bootstrap.sh)"
+)
+
+
+@needs_site
+def test_an_interpreter_that_can_load_the_site_says_so(tmp_path: Path) -> None:
+    site = find_site()
+    assert site is not None
+    env = ai.instrumented_env({"PATH": "/usr/bin:/bin"}, site, {})
+    env[ai.CHECK_ENV] = "1"
+    done = subprocess.run(
+        ai.check_argv([sys.executable]), env=env, capture_output=True, text=True, timeout=30
+    )
+    assert ai.parse_check(done.stdout, done.returncode).ok, done.stdout + done.stderr
+
+
+def test_a_broken_site_never_breaks_the_app(tmp_path: Path) -> None:
+    # The bootstrap with an empty packages dir (this venv lacks the instrumentations): the app
+    # runs all the same, and its log says once why it is not traced.
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{BOOTSTRAP_DIR}:{tmp_path}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "print('app ran')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0
+    assert done.stdout == "app ran\n"
+    assert done.stderr.count("corral-otel: unavailable") == 1, done.stderr
