@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ class Reconciler:
         self._endpoints: dict[str, list[str]] | None = None
         self._seen: dict[str, int] = {}
         self.passes = 0
+        self.on_pass: Callable[[float], None] | None = None  # pass duration (metrics)
 
     async def start(self) -> None:
         revision = await self._relist()
@@ -222,6 +224,8 @@ class Reconciler:
             finally:
                 self.queue.done(key)
         self._write_endpoints()
+        if self.on_pass is not None:
+            self.on_pass(clock.monotonic() - mono)
 
     async def _execute(self, plan: planner.Plan) -> None:
         for action in plan.actions:
