@@ -1,0 +1,124 @@
+"""A real platform: a failing service fires an alert that reaches a webhook with its evidence
+and a valid signature, shows in `corral events` and the alerts view, and resolves when fixed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from corral.testing import Platform
+
+SECRET = "s3cret-for-hmac"
+
+
+def _manifest(flag: Path, url: str) -> str:
+    return f"""
+services:
+  flaky:
+    command: ["sh", "-c", "test -f {flag} && exec sleep 1000; exit 1"]
+    restart:
+      backoff: {{initial: 0.1s, max: 0.3s}}
+      failed_after: 2
+alerts:
+  interval: 0.3s
+webhooks:
+  - name: ops
+    url: {url}
+    secret: {{secret: hook-key}}
+    timeout: 2s
+"""
+
+
+async def _until(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await asyncio.to_thread(condition)
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def test_failing_service_alerts_a_webhook_and_resolves_when_fixed(tmp_path: Path) -> None:
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        received.append(
+            {
+                "body": json.loads(body),
+                "signed": hmac.compare_digest(
+                    request.headers.get("X-Corral-Signature-256", ""), expected
+                ),
+                "event": request.headers.get("X-Corral-Event"),
+            }
+        )
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    flag = tmp_path / "fixed"
+    platform = await asyncio.to_thread(Platform.launch, tmp_path / "home")
+    try:
+        await asyncio.to_thread(
+            platform.client.request, "PUT", "/secrets/hook-key", {"value": SECRET}
+        )
+        text = _manifest(flag, f"http://127.0.0.1:{port}/hook")
+        await asyncio.to_thread(platform.apply_text, text, tmp_path)
+
+        def firing() -> list[dict[str, Any]]:
+            return [r for r in received if r["body"]["status"] == "firing"]
+
+        await _until(firing, 20, "a firing webhook")
+        [fired] = firing()
+        alert = fired["body"]["alert"]
+        assert fired["signed"] and fired["event"] == "alert.firing"
+        assert alert["rule"] == "instance-failed" and alert["service"] == "flaky"
+        assert alert["evidence"]["metric"] == "instance_phase"
+        assert "failed" in alert["summary"]
+
+        view = await asyncio.to_thread(platform.client.request, "GET", "/alerts")
+        assert [a["id"] for a in view["firing"]] == [alert["id"]]
+        events = await asyncio.to_thread(platform.events, service="flaky")
+        assert any(e["to"] == "firing" and e["subject"] == alert["id"] for e in events)
+
+        flag.touch()  # the fix: the next restart stays up
+        resolved = await _until(
+            lambda: [r for r in received if r["body"]["status"] == "resolved"],
+            20,
+            "a resolved webhook",
+        )
+        assert resolved[0]["body"]["alert"]["id"] == alert["id"] and resolved[0]["signed"]
+        events = await asyncio.to_thread(platform.events, service="flaky")
+        assert any(e["to"] == "resolved" and e["subject"] == alert["id"] for e in events)
+        view = await asyncio.to_thread(platform.client.request, "GET", "/alerts")
+        assert view["firing"] == [] and view["resolved"][0]["id"] == alert["id"]
+
+        changes = await asyncio.to_thread(
+            platform.client.request, "GET", "/changes", None, {"service": "flaky"}
+        )
+        assert {c["kind"] for c in changes["changes"]} >= {"release", "crash"}
+
+        def flaky_capacity() -> dict[str, Any] | None:
+            view = platform.client.request("GET", "/capacity")
+            rows = [s for s in view["services"] if s["service"] == "flaky" and s["instances"]]
+            return rows[0] if rows else None
+
+        row = await _until(flaky_capacity, 10, "the running instance in the capacity view")
+        assert row["memory_used"] > 0 and row["near_limit"] == []
+    finally:
+        await asyncio.to_thread(platform.destroy)
+        await runner.cleanup()
