@@ -174,8 +174,19 @@ class Browser:
             f"timed out after {timeout:g}s waiting for {what or expression}; last {last!r}"
         )
 
-    async def screenshot(self, path: Path) -> Path:
-        result = await self.send("Page.captureScreenshot", {"format": "png"})
+    async def screenshot(self, path: Path, full_page: bool = False) -> Path:
+        params: dict[str, Any] = {"format": "png"}
+        if full_page:
+            size = (await self.send("Page.getLayoutMetrics"))["cssContentSize"]
+            params["captureBeyondViewport"] = True
+            params["clip"] = {
+                "x": 0,
+                "y": 0,
+                "width": size["width"],
+                "height": min(size["height"], 6000),
+                "scale": 1,
+            }
+        result = await self.send("Page.captureScreenshot", params)
         await asyncio.to_thread(path.write_bytes, base64.b64decode(result["data"]))
         return path
 

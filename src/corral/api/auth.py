@@ -44,9 +44,12 @@ def authorize(
     header: str | None,
     tokens: Mapping[str, str],
     cookie: str | None = None,
+    public: bool = False,
 ) -> None:
+    """Raise unless the request may go on. `public`: the dashboard is public and this is an
+    anonymous read of one of its views (`corral.dashboard.public.opens`)."""
     need = required_role(method, path)
-    if need is None:
+    if need is None or (public and need == "read"):
         return
     role = role_of(header, tokens)
     if role is None and method in ("GET", "HEAD") and session.grants_read(cookie, tokens):

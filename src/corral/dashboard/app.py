@@ -19,7 +19,7 @@ from aiohttp import web
 
 from corral.api import auth
 from corral.control import gateway_config
-from corral.dashboard import assets, data, render, session
+from corral.dashboard import assets, data, public, render, session
 
 if TYPE_CHECKING:
     from corral.api.server import Api
@@ -43,6 +43,7 @@ MISSING_CHARTS = (
 )
 
 Page = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CHANGES_WINDOW_S = 3600  # the service page's charts cover the last hour
 
 
 class Dashboard:
@@ -61,9 +62,10 @@ class Dashboard:
             return True
         return session.grants_read(request.cookies.get(session.COOKIE), self.api.tokens)
 
-    def _sign_in(self, request: web.Request) -> web.StreamResponse | None:
+    async def _sign_in(self, request: web.Request) -> web.StreamResponse | None:
         """A response that ends the request here (a redirect that sets the cookie, or the
-        sign-in page), or None when the request may see the page."""
+        sign-in page), or None when the request may see the page (signed in, or the
+        dashboard is public)."""
         token = request.query.get("token")
         if token is not None:
             value = session.cookie_value(self.api.tokens)
@@ -80,7 +82,7 @@ class Dashboard:
             response = web.Response(status=303, headers={"Location": str(target), **PAGE_HEADERS})
             response.set_cookie(session.COOKIE, value, httponly=True, samesite="Strict", path="/")
             return response
-        if self.signed_in(request):
+        if self.signed_in(request) or (await public.read(self.api.store)).public:
             return None
         return self._html(
             request,
@@ -118,7 +120,7 @@ class Dashboard:
 
     def guarded(self, page: Page) -> Page:
         async def handler(request: web.Request) -> web.StreamResponse:
-            stop = self._sign_in(request)
+            stop = await self._sign_in(request)
             if stop is not None:
                 return stop
             return await page(request)
@@ -145,12 +147,31 @@ class Dashboard:
                 status=404,
             )
         events = await data.events(self.api.store, name)
-        body = render.service_page(found[0], events)
+        recent = await data.changes(self.api.store, name, CHANGES_WINDOW_S)
+        body = render.service_page(found[0], events, recent)
         return self._html(request, name, "overview", body, script="service.js")
+
+    async def service_changes(self, request: web.Request) -> web.StreamResponse:
+        """The "what changed" list as JSON, for the service page to follow live."""
+        name = request.match_info["name"]
+        recent = await data.changes(self.api.store, name, CHANGES_WINDOW_S)
+        return web.json_response(
+            [c._asdict() for c in recent], headers={"Cache-Control": "no-store"}
+        )
 
     async def hosts(self, request: web.Request) -> web.StreamResponse:
         services = await data.services(self.api.store, True)
-        return self._html(request, "Hosts", "hosts", render.hosts_page(services))
+        return self._html(request, "Hosts", "hosts", render.hosts_page(services), script="hosts.js")
+
+    async def slo(self, request: web.Request) -> web.StreamResponse:
+        return self._html(request, "SLOs", "slo", render.slo_page(), script="slo.js")
+
+    async def impact(self, request: web.Request) -> web.StreamResponse:
+        kind = request.query.get("kind", "instance")
+        if kind not in dict(render.IMPACT_KINDS):
+            kind = "instance"
+        body = render.impact_page(kind, request.query.get("value", ""))
+        return self._html(request, "Impact", "impact", body, script="impact.js")
 
     async def gateway(self, request: web.Request) -> web.StreamResponse:
         _, record = await gateway_config.read(self.api.store)
@@ -303,6 +324,9 @@ def setup(app: web.Application, api: Api) -> None:
         "/top": dashboard.top,
         "/gateway": dashboard.gateway,
         "/hosts": dashboard.hosts,
+        "/slo": dashboard.slo,
+        "/impact": dashboard.impact,
+        "/services/{name}/changes": dashboard.service_changes,
     }
     for path, page in pages.items():
         app.router.add_get(path, dashboard.guarded(page))

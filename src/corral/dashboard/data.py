@@ -7,6 +7,7 @@ from typing import Any
 
 from corral import clock, model
 from corral.api import views
+from corral.dashboard import changes as changelog
 from corral.store.base import Store
 
 
@@ -52,4 +53,10 @@ async def events(store: Store, service: str = "", limit: int = 50) -> list[dict[
                 "reason": event.reason,
             }
         )
-    return out[-limit:]
+    return out[-limit:] if limit else out
+
+
+async def changes(store: Store, service: str, window_s: float) -> list[changelog.Change]:
+    """What changed in `service` over the last `window_s` seconds, oldest first."""
+    since = clock.wall() - window_s
+    return changelog.changes(await events(store, service, limit=0), since)

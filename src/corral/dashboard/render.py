@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from string import Template
 from typing import Any
 
+from corral.dashboard.changes import KINDS, Change
+
 PHASES = ("provision", "ready", "run", "destroy", "failed")
 NAV = (
     ("overview", "/", "Overview"),
@@ -23,7 +25,9 @@ NAV = (
     ("traces", "/traces", "Traces"),
     ("top", "/top", "TOP-N"),
     ("gateway", "/gateway", "Gateway"),
+    ("slo", "/slo", "SLOs"),
     ("hosts", "/hosts", "Hosts"),
+    ("impact", "/impact", "Impact"),
 )
 
 
@@ -156,7 +160,37 @@ def events_table(events: Sequence[Mapping[str, Any]], table_id: str = "events") 
     )
 
 
-def service_page(service: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> str:
+def change_items(changes: Sequence[Change]) -> str:
+    """The "what changed" list: one item per change, oldest first, with the data the chart
+    markers are drawn from (`data-at`, `data-kind`)."""
+    if not changes:
+        return '<li class="muted" data-empty>No changes in the last hour.</li>'
+    return "".join(
+        f'<li data-at-s="{c.at:.3f}" data-kind="{esc(c.kind)}">'
+        f'<span class="num" data-at="{c.at:.3f}">{esc(c.at)}</span> '
+        f'<span class="mark mark-{esc(c.kind)}">{esc(KINDS.get(c.kind, c.kind))}</span> '
+        f"{esc(c.subject)}: {esc(c.reason)}</li>"
+        for c in changes
+    )
+
+
+def changes_section(changes: Sequence[Change]) -> str:
+    legend = " ".join(
+        f'<span class="mark mark-{esc(k)}">{esc(label)}</span>' for k, label in KINDS.items()
+    )
+    return (
+        '<section aria-labelledby="h-changes"><h2 id="h-changes">What changed</h2>'
+        f'<p class="muted">Deploys, restarts, scaling and crashes of the last hour, drawn as '
+        f"vertical markers on the charts above; markers: {legend}</p>"
+        f'<ol class="changes" id="changes">{change_items(changes)}</ol></section>'
+    )
+
+
+def service_page(
+    service: Mapping[str, Any],
+    events: Sequence[Mapping[str, Any]],
+    changes: Sequence[Change] = (),
+) -> str:
     name = esc(service["name"])
     members = service.get("members", [])
     instances = "".join(instance_row(i) for i in members) or (
@@ -192,12 +226,15 @@ def service_page(service: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
         '<th scope="col">Outcome</th><th scope="col">Message</th></tr></thead>'
         "<tbody></tbody></table></section>"
         '<section aria-labelledby="h-latency"><h2 id="h-latency">Latency and TOP endpoints</h2>'
+        '<p class="muted" id="latency-source" role="status"></p>'
         '<div class="chart" id="latency-chart" aria-hidden="true"></div>'
+        '<div class="chart" id="errors-chart" aria-hidden="true"></div>'
         '<table class="grid" id="endpoints"><caption>Endpoints of this service over the last '
         "hour, busiest first</caption>"
         '<thead><tr><th scope="col">Endpoint</th><th scope="col">Calls</th>'
         '<th scope="col">Errors</th><th scope="col">Average</th><th scope="col">p95</th>'
         '</tr></thead><tbody><tr><td colspan="5">Loading…</td></tr></tbody></table></section>'
+        f"{changes_section(changes)}"
         '<section aria-labelledby="h-events"><h2 id="h-events">Events</h2>'
         f"{events_table(events)}</section>"
     )
@@ -257,6 +294,8 @@ def _compact(data: Mapping[str, Any]) -> str:
 
 
 def hosts_page(services: Sequence[Mapping[str, Any]]) -> str:
+    """One section per node with the instances on it; the page's script adds each host's CPU,
+    memory, disk and network (sampled by the collector) to the section of its node."""
     nodes: dict[str, list[Mapping[str, Any]]] = {}
     for service in services:
         for instance in service.get("members", []):
@@ -266,9 +305,11 @@ def hosts_page(services: Sequence[Mapping[str, Any]]) -> str:
         members = sorted(nodes[node], key=lambda i: str(i["id"]))
         rows = "".join(instance_row(i) for i in members)
         sections.append(
-            f'<section data-node="{esc(node)}"><h2>{esc(node)}</h2>'
+            f'<section class="host" data-node="{esc(node)}" aria-labelledby="h-node-{esc(node)}">'
+            f'<h2 id="h-node-{esc(node)}">Node {esc(node)}</h2>'
+            '<div class="host-metrics" data-metrics></div>'
             f"<p>{phase_chips(phase_counts(members))}</p>"
-            f'<table class="grid"><caption>Instances on {esc(node)}</caption>'
+            f'<table class="grid" data-instances><caption>Instances on {esc(node)}</caption>'
             '<thead><tr><th scope="col">Instance</th><th scope="col">Phase</th>'
             '<th scope="col">Node</th><th scope="col">Port</th><th scope="col">PID</th>'
             '<th scope="col">Release</th><th scope="col">Restarts</th>'
@@ -276,8 +317,83 @@ def hosts_page(services: Sequence[Mapping[str, Any]]) -> str:
         )
     return (
         "<h1>Hosts</h1>"
-        '<p class="muted">Instances per node. Host CPU, memory, disk and network appear here '
-        "once the API serves host metrics.</p>" + ("".join(sections) or "<p>No instances.</p>")
+        '<form class="search" id="window-form"><label>Window'
+        '<select name="minutes" id="minutes"><option value="15">15 minutes</option>'
+        '<option value="60" selected>1 hour</option><option value="360">6 hours</option>'
+        '<option value="1440">24 hours</option></select></label></form>'
+        '<p id="hosts-status" role="status">Loading host metrics…</p>'
+        '<table class="grid" id="host-summary"><caption>Every host: the latest sample (the '
+        "collector samples its node every 10 s)</caption>"
+        '<thead><tr><th scope="col">Host</th><th scope="col">CPU</th>'
+        '<th scope="col">Memory used</th><th scope="col">Disk used</th>'
+        '<th scope="col">Disk read/write</th><th scope="col">Network in/out</th>'
+        '<th scope="col">Instances</th><th scope="col">Sampled</th></tr></thead>'
+        "<tbody></tbody></table>"
+        '<div id="nodes">' + ("".join(sections) or "<p>No instances.</p>") + "</div>"
+    )
+
+
+SLO = (
+    '<p id="slo-status" role="status">Loading SLOs…</p>'
+    '<table class="grid" id="slo"><caption>Every objective of every route: error budget left '
+    "over its window, and how fast it burns (1.0 spends it exactly by the window's end)"
+    "</caption>"
+    '<thead><tr><th scope="col">Route</th><th scope="col">Objective</th>'
+    '<th scope="col">Window</th><th scope="col">Requests</th><th scope="col">Bad</th>'
+    '<th scope="col">Budget left</th><th scope="col">Burn 5m</th><th scope="col">Burn 1h</th>'
+    '<th scope="col">Burn 6h</th><th scope="col">Alerts</th></tr></thead>'
+    "<tbody></tbody></table>"
+    '<section aria-labelledby="h-burndown"><h2 id="h-burndown">Burn-down</h2>'
+    '<p class="muted">Error budget left across each route\'s window, one point per '
+    "twelfth of it; the table under each chart carries the same numbers.</p>"
+    '<div id="burndown"></div></section>'
+)
+
+
+def slo_page() -> str:
+    return shell(
+        "SLOs",
+        "Objectives declared on gateway routes (<code>gateway.routes[*].slo</code>), measured "
+        "on the gateway's edge spans.",
+        SLO,
+    )
+
+
+IMPACT_KINDS = (
+    ("instance", "Instance"),
+    ("host", "Host"),
+    ("sql", "SQL statement or fingerprint"),
+)
+
+
+def impact_page(kind: str, value: str) -> str:
+    """A form (a plain GET, so the address can be shared) and the table its script fills."""
+    options = "".join(
+        f'<option value="{k}"{" selected" if k == kind else ""}>{esc(label)}</option>'
+        for k, label in IMPACT_KINDS
+    )
+    form = (
+        '<form class="search" id="impact-form" method="get" action="/impact">'
+        f'<label>Target<select id="impact-kind" name="kind">{options}</select></label>'
+        '<label>Name<input id="impact-value" name="value" size="48" list="impact-choices" '
+        f'value="{esc(value)}" required></label>'
+        '<datalist id="impact-choices"></datalist>'
+        '<label>Last<select name="minutes" id="impact-minutes">'
+        '<option value="15" selected>15 minutes</option><option value="60">1 hour</option>'
+        '<option value="1440">24 hours</option></select></label>'
+        '<button type="submit">Show the affected APIs</button></form>'
+    )
+    return shell(
+        "Impact",
+        "Pick a host, an instance or a SQL statement: the external APIs whose requests reach "
+        "it, and how much of their traffic and time it takes.",
+        form + '<p id="impact-status" role="status"></p>'
+        '<table class="grid" id="impact"><caption>Affected APIs, the most affected first'
+        "</caption>"
+        '<thead><tr><th scope="col">API</th><th scope="col">Requests</th>'
+        '<th scope="col">Errors</th><th scope="col">Calls reaching it</th>'
+        '<th scope="col">Share of requests</th><th scope="col">Share of time</th>'
+        '<th scope="col">Its p95</th></tr></thead><tbody></tbody></table>',
     )
 
 

@@ -165,3 +165,75 @@ export async function sparkline(container, xs, ys, label) {
     series: [{}, { stroke: "#0550ae", width: 1.5, fill: "rgba(5,80,174,0.12)" }],
   }, [xs, ys], container);
 }
+
+// "What changed": the service page's list (server-rendered, kept live) is the one source of
+// the markers, so the chart and its text equivalent always agree.
+export const CHANGE_COLOURS = {
+  release: "#0550ae", deploy: "#116329", rollback: "#8250df",
+  scale: "#7d4e00", restart: "#57606a", crash: "#a40e26",
+};
+export const CHANGE_LETTERS = { release: "R", deploy: "D", rollback: "B", scale: "S", restart: "↻", crash: "✕" };
+
+export function readChanges(list) {
+  return [...(list || document).querySelectorAll("li[data-at-s]")].map((li) => ({
+    at: Number(li.dataset.atS), kind: li.dataset.kind,
+  }));
+}
+
+// A uPlot plugin drawing each change as a dashed vertical line with its letter on top;
+// `onDrawn(n)` learns how many fell inside the plotted range.
+export function markersPlugin(getChanges, onDrawn) {
+  return {
+    hooks: {
+      draw: (u) => {
+        const { ctx } = u;
+        const { top, height } = u.bbox;
+        const [min, max] = [u.scales.x.min, u.scales.x.max];
+        let drawn = 0;
+        ctx.save();
+        ctx.lineWidth = 1.5 * devicePixelRatio;
+        ctx.setLineDash([4 * devicePixelRatio, 3 * devicePixelRatio]);
+        ctx.font = `${11 * devicePixelRatio}px system-ui, sans-serif`;
+        ctx.textAlign = "center";
+        for (const change of getChanges()) {
+          if (!(change.at >= min && change.at <= max)) continue;
+          const x = Math.round(u.valToPos(change.at, "x", true));
+          const colour = CHANGE_COLOURS[change.kind] || "#57606a";
+          ctx.strokeStyle = colour;
+          ctx.fillStyle = colour;
+          ctx.beginPath();
+          ctx.moveTo(x, top + 12 * devicePixelRatio);
+          ctx.lineTo(x, top + height);
+          ctx.stroke();
+          ctx.fillText(CHANGE_LETTERS[change.kind] || "•", x, top + 10 * devicePixelRatio);
+          drawn += 1;
+        }
+        ctx.restore();
+        if (onDrawn) onDrawn(drawn);
+      },
+    },
+  };
+}
+
+export function fmtBytes(n) {
+  if (n === null || n === undefined || Number.isNaN(n)) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(n >= 100 || i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+export function fmtDuration(seconds) {
+  if (seconds % 86400 === 0) return `${seconds / 86400} d`;
+  if (seconds % 3600 === 0) return `${seconds / 3600} h`;
+  return `${Math.round(seconds / 60)} min`;
+}
+
+// A table as the text equivalent of a chart, folded under the chart.
+export function chartTable(summary, caption, headers, rows) {
+  return el("details", {}, el("summary", {}, summary),
+    el("table", { class: "grid" }, el("caption", {}, caption),
+      el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows.map((cells) => el("tr", {}, cells.map((c, i) =>
+        i === 0 ? el("th", { scope: "row" }, c) : el("td", { class: "num" }, c)))))));
+}
