@@ -1,0 +1,500 @@
+"""One AP-store node: the asyncio adapter around the pure quorum coordinator.
+
+Theory of operation (Dynamo §4.5–4.7; the simulator's ``sim.kv.KvWorld`` is the same logic on a
+virtual network, and what its checkers prove is what this adapter relies on):
+- **Membership.** A ``SwimDriver`` on the node's peer address (UDP) says who is alive. The ring
+  holds every kv member not known to have *left* — a dead member keeps its ranges, so writes
+  for it go to stand-ins as hints — and "healthy" means alive in this node's view.
+- **Put.** Only a replica issues a dot, so a node outside the key's targets forwards the write
+  to the first target. The coordinator makes the new version (its actor comes from storage,
+  see ``storage``), stores it, and in parallel waits for its own ``sync`` and for
+  ``Replicate`` acks — each replica answers only once the object is durable there. W acks →
+  acknowledged. ``PutRequest.tick`` replaces a replica silent for ``replica_timeout`` with the
+  next healthy node of the walk, as a stand-in holding a hint. As in Cassandra, when a home
+  node has no stand-in (e.g. N equals the cluster size) or its replica call fails, the
+  coordinator keeps a hint for it itself, so a returning node catches up by handoff.
+- **Get.** R replies from the healthy preference list, merged; the client is answered at R,
+  and once every target has replied or timed out, home replicas holding a stale copy get the
+  merged object (read repair).
+- **Hinted handoff** every ``handoff_interval``: hints whose owner is healthy are sent; a hint
+  is dropped only if unchanged since it was sent.
+- **Anti-entropy** every ``ae_interval``: for each healthy peer, a Merkle tree over the keys
+  both should hold (``leaves_for`` of their count) is sent; the peer answers with its objects
+  in differing leaves, merges ours, and both sides end equal. Tombstones older than ``grace``
+  are reaped first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from corral import clock
+from corral.kv import versions
+from corral.kv.coordinator import (
+    Conflicts,
+    GetRequest,
+    PutRequest,
+    Quorum,
+    Target,
+    new_version,
+    sloppy_targets,
+)
+from corral.kv.merkle import MerkleTree, diff, leaves_for
+from corral.kv.ring import Ring
+from corral.kv.storage import KvStorage
+from corral.kv.transport import Rpc
+from corral.kv.versions import Context, Versioned
+from corral.kv.wire import (
+    AeApply,
+    AeObjects,
+    AeTree,
+    Coordinate,
+    Done,
+    Fetch,
+    Found,
+    Handoff,
+    NoQuorum,
+    Replicate,
+    ReplicaUnavailable,
+    Reply,
+    Request,
+    Written,
+    from_wire,
+    to_wire,
+)
+from corral.membership import PRESETS, MemberEvent, State
+from corral.membership.driver import SwimDriver
+
+log = logging.getLogger(__name__)
+ROLE = "kv"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    data_dir: Path
+    http: str = "127.0.0.1:8500"  # the HTTP API
+    peer: str = "127.0.0.1:8501"  # node-to-node RPC (TCP) and gossip (UDP), same port
+    join: tuple[str, ...] = ()  # peer addresses of members to join through
+    quorum: Quorum = field(default_factory=Quorum)
+    vnodes: int = 256
+    conflicts: Conflicts = "siblings"
+    membership: str = "local"  # a preset of corral.membership.PRESETS
+    request_timeout: float = 2.0
+    replica_timeout: float = 0.3
+    handoff_interval: float = 1.0
+    ae_interval: float = 10.0
+    grace: float = 86400.0  # tombstones older than this are forgotten
+    cluster: str = "kv"
+
+
+@dataclass
+class Counters:
+    puts: int = 0
+    gets: int = 0
+    forwarded: int = 0
+    hints_written: int = 0
+    handoffs: int = 0
+    read_repairs: int = 0
+    ae_rounds: int = 0
+    ae_shipped: int = 0
+    reaped: int = 0
+
+
+class KvNode:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.quorum = config.quorum.validate()
+        self.storage = KvStorage(config.data_dir, config.name, config.conflicts)
+        self.rpc = Rpc(config.name, config.peer, self.handle, config.cluster)
+        self.members = SwimDriver(
+            config.name,
+            config.peer,
+            PRESETS[config.membership],
+            role=ROLE,
+            tags={"http": config.http},
+            on_event=self._on_member,
+        )
+        self.ring = Ring([config.name], config.vnodes)
+        self.counters = Counters()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.rpc.start()
+        await self.members.start()
+        self._rebuild_ring()
+        self._loops = [
+            asyncio.get_running_loop().create_task(self._join()),
+            self._every(self.config.handoff_interval, self.handoff_once),
+            self._every(self.config.ae_interval, self.anti_entropy_once),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.members.stop(leave=False)
+        await self.rpc.stop()
+        with contextlib.suppress(Exception):
+            await self.storage.sync()
+        self.storage.close()
+
+    async def _join(self) -> None:
+        """Push our view to the seeds until one answers: a seed may start after us."""
+        while self.config.join:
+            self.members.join(self.config.join)
+            await asyncio.sleep(0.25)
+            if any(m.name != self.name for m in self.members.members()):
+                return
+
+    def _every(self, interval: float, work: Callable[[], Awaitable[Any]]) -> asyncio.Task[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await work()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("kv node %s: background %s failed", self.name, work)
+
+        return asyncio.get_running_loop().create_task(loop())
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ membership
+
+    def _on_member(self, ev: MemberEvent) -> None:
+        if ev.kind in ("join", "left", "dead", "alive", "update"):
+            self._rebuild_ring()
+
+    def _rebuild_ring(self) -> None:
+        names = sorted(
+            m.name for m in self.members.members() if m.role == ROLE and m.state != State.LEFT
+        )
+        if tuple(names) != self.ring.nodes:
+            self.ring = Ring(names, self.config.vnodes)
+
+    def healthy(self, node: str) -> bool:
+        if node == self.name:
+            return True
+        m = self.members.swim.member(node)
+        return m is not None and m.state == State.ALIVE
+
+    def address(self, node: str) -> str:
+        m = self.members.swim.member(node)
+        if m is None:
+            raise ReplicaUnavailable(f"kv node {node} is not a member known to {self.name}")
+        return m.address
+
+    async def _call(self, node: str, body: Request, timeout: float | None = None) -> Reply:
+        wait = self.config.request_timeout if timeout is None else timeout
+        return await self.rpc.call(node, self.address(node), body, wait)
+
+    # ------------------------------------------------------------------ put
+
+    async def put(self, key: str, value: bytes | None, context: Context, w: int) -> Versioned:
+        """Write (or, with ``None``, delete) ``key``; the coordinator's copy once W nodes hold
+        it durably. ``NoQuorum`` when they do not within ``request_timeout``."""
+        self.counters.puts += 1
+        n = self.quorum.n
+        targets = sloppy_targets(self.ring, key, n, self.healthy)
+        mine = next((t for t in targets if t.node == self.name), None)
+        if len(targets) < w:
+            raise NoQuorum(
+                f"kv put {key!r}: only {len(targets)} healthy node(s) for w={w} "
+                f"(members: {', '.join(self.ring.nodes)})",
+                "wait for nodes to rejoin, or write with a smaller ?w=",
+            )
+        if mine is None:
+            self.counters.forwarded += 1
+            reply = await self._call(
+                targets[0].node, Coordinate(key, value, [(a, c) for a, c in context], w)
+            )
+            if isinstance(reply, Written) and reply.ok:
+                return from_wire(reply.obj)
+            raise NoQuorum(
+                f"kv put {key!r} forwarded to {targets[0].node}: "
+                + (reply.error if isinstance(reply, Written) else "unexpected reply"),
+                "retry with the context of your last read; the write may or may not have landed",
+            )
+        return await self._coordinate(key, value, context, w, targets, mine)
+
+    async def _coordinate(
+        self,
+        key: str,
+        value: bytes | None,
+        context: Context,
+        w: int,
+        targets: list[Target],
+        mine: Target,
+    ) -> Versioned:
+        storage = self.storage
+        if mine.hint_for is None:
+            local = storage.get(key)
+            actor = local.actor or storage.new_actor()
+        else:  # a stand-in: its hint is forgotten after handoff, so a one-write actor
+            local = storage.hints.for_key(key)
+            actor = storage.new_actor()
+        obj = new_version(local, context, actor, value, clock.wall(), self.config.conflicts)
+        stored = storage.store(key, replace(obj, actor=actor), mine.hint_for)
+        now = clock.monotonic()
+        cfg = self.config
+        req = PutRequest(
+            key, stored, "", targets, self.ring.walk(key), w, now,
+            cfg.request_timeout, cfg.replica_timeout,
+        )  # fmt: skip
+        wire = to_wire(stored)
+        decided = asyncio.Event()
+        home = self.ring.home(key, self.quorum.n)
+
+        def acked(node: str) -> None:
+            req.ack(node, clock.monotonic())
+            if req.outcome != "pending":
+                decided.set()
+
+        async def local_durable() -> None:
+            await storage.sync()
+            acked(self.name)
+
+        async def replicate(t: Target) -> None:
+            try:
+                await self._call(t.node, Replicate(key, wire, t.hint_for))
+            except ReplicaUnavailable:
+                owner = t.hint_for or t.node
+                if owner in home and owner != self.name:
+                    self._hint(key, stored, owner)
+                return
+            acked(t.node)
+
+        covered = {t.node for t in targets} | {t.hint_for for t in targets if t.hint_for}
+        for owner in home:
+            if owner not in covered:
+                self._hint(key, stored, owner)
+        self._spawn(local_durable())
+        for t in req.start():
+            if t.node != self.name:
+                self._spawn(replicate(t))
+        while req.outcome == "pending":
+            now = clock.monotonic()
+            wait = min(cfg.replica_timeout, max(0.0, req.deadline - now))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await decided.wait()
+            now = clock.monotonic()
+            for t in req.tick(now, self.healthy):
+                self._spawn(replicate(t))
+            req.expire(now)
+        if req.outcome != "ok":
+            raise NoQuorum(
+                f"kv put {key!r}: {req.acks} of w={w} replicas acknowledged within "
+                f"{cfg.request_timeout:.1f} s",
+                "the write may or may not have landed: read, then retry with the context",
+            )
+        return storage.get(key) if mine.hint_for is None else storage.hints.for_key(key)
+
+    def _hint(self, key: str, obj: Versioned, owner: str) -> None:
+        self.storage.store(key, obj, owner)
+        self.counters.hints_written += 1
+        self._spawn(self.storage.sync())
+
+    # ------------------------------------------------------------------ get
+
+    async def get(self, key: str, r: int) -> Versioned:
+        self.counters.gets += 1
+        cfg = self.config
+        targets = self.ring.preference_list(key, self.quorum.n, self.healthy)
+        if len(targets) < r:
+            raise NoQuorum(
+                f"kv get {key!r}: only {len(targets)} healthy node(s) for r={r}",
+                "wait for nodes to rejoin, or read with a smaller ?r=",
+            )
+        now = clock.monotonic()
+        g = GetRequest(key, targets, r, now, cfg.request_timeout, cfg.conflicts)
+        decided = asyncio.Event()
+        if self.name in targets:
+            g.reply(self.name, self.storage.local(key), now)
+
+        async def fetch(node: str) -> None:
+            try:
+                reply = await self._call(node, Fetch(key))
+            except ReplicaUnavailable:
+                return
+            if isinstance(reply, Found):
+                g.reply(node, from_wire(reply.obj), clock.monotonic())
+                if g.outcome != "pending":
+                    decided.set()
+
+        fetches = [asyncio.ensure_future(fetch(t)) for t in targets if t != self.name]
+        if g.outcome == "pending":
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(cfg.request_timeout):
+                    await decided.wait()
+            g.tick(clock.monotonic())
+        if fetches:
+            self._spawn(self._read_repair(g, fetches))
+        if g.outcome != "ok":
+            raise NoQuorum(
+                f"kv get {key!r}: {len(g.replies)} of r={r} replicas answered within "
+                f"{cfg.request_timeout:.1f} s",
+                "retry, or read with a smaller ?r=",
+            )
+        return g.merged
+
+    async def _read_repair(self, g: GetRequest, fetches: Sequence[Awaitable[None]]) -> None:
+        await asyncio.gather(*fetches, return_exceptions=True)
+        home = self.ring.home(g.key, self.quorum.n)
+        wire = to_wire(g.merged)
+        for node in g.repairs():
+            if node not in home:
+                continue  # a stand-in hands its hint off; repairing it would keep a copy there
+            self.counters.read_repairs += 1
+            if node == self.name:
+                self.storage.store(g.key, g.merged)
+                await self.storage.sync()
+            else:
+                with contextlib.suppress(ReplicaUnavailable):
+                    await self._call(node, Replicate(g.key, wire, None))
+
+    # ------------------------------------------------------------------ serving peers
+
+    def handle(self, frm: str, body: Request) -> Reply | Awaitable[Reply]:
+        if isinstance(body, Fetch):
+            return Found(to_wire(self.storage.local(body.key)))
+        if isinstance(body, Replicate):
+            self.storage.store(body.key, from_wire(body.obj), body.hint_for)
+            return self._durable()
+        if isinstance(body, Handoff):
+            self.storage.store(body.key, from_wire(body.obj))
+            return self._durable()
+        if isinstance(body, AeApply):
+            for key, obj in body.objects:
+                self.storage.store(key, from_wire(obj))
+            self.counters.ae_shipped += len(body.objects)
+            return self._durable()
+        if isinstance(body, AeTree):
+            mine = self._shared_tree(frm, len(body.hashes) // 2)
+            theirs = MerkleTree(mine.leaves)
+            theirs._nodes = list(body.hashes)
+            leaves = diff(mine, theirs)
+            return AeObjects(leaves, self._objects_in(mine, leaves))
+        return self._coordinate_for_peer(body)
+
+    async def _durable(self) -> Reply:
+        await self.storage.sync()
+        return Done()
+
+    async def _coordinate_for_peer(self, body: Coordinate) -> Reply:
+        context: Context = tuple(sorted((a, c) for a, c in body.context))
+        try:
+            obj = await self.put(body.key, body.value, context, body.w)
+        except (NoQuorum, ReplicaUnavailable) as exc:
+            return Written(False, to_wire(versions.EMPTY), exc.message)
+        return Written(True, to_wire(obj))
+
+    # ------------------------------------------------------------------ background
+
+    async def handoff_once(self) -> int:
+        """Send every hint whose owner is healthy; returns how many were delivered."""
+        due = self.storage.hints.due(self.healthy)
+        delivered = 0
+
+        async def deliver(owner: str, key: str, obj: Versioned) -> None:
+            nonlocal delivered
+            try:
+                await self._call(owner, Handoff(key, to_wire(obj)))
+            except ReplicaUnavailable:
+                return
+            if self.storage.hint_delivered(owner, key, versions.digest(obj)):
+                delivered += 1
+
+        for start in range(0, len(due), 64):
+            await asyncio.gather(*(deliver(o, k, obj) for o, k, obj in due[start : start + 64]))
+        if delivered:
+            self.counters.handoffs += delivered
+            await self.storage.sync()
+        return delivered
+
+    def _shared_tree(self, peer: str, leaves: int | None = None) -> MerkleTree:
+        n = self.quorum.n
+        items = [
+            (k, versions.digest(obj))
+            for k, obj in sorted(self.storage.objects.items())
+            if peer in self.ring.home(k, n)
+        ]
+        return MerkleTree.build(items, leaves or leaves_for(len(items)))
+
+    def _objects_in(self, tree: MerkleTree, leaves: list[int]) -> list[tuple[str, Any]]:
+        objects = self.storage.objects
+        return [(k, to_wire(objects[k])) for leaf in leaves for k in tree.keys_in(leaf)]
+
+    async def anti_entropy_once(self) -> int:
+        """One exchange with every healthy peer; returns how many objects were shipped."""
+        self.counters.reaped += self.storage.reap(clock.wall(), self.config.grace)
+        shipped = 0
+        for peer in self.ring.nodes:
+            if peer == self.name or not self.healthy(peer):
+                continue
+            tree = self._shared_tree(peer)
+            hashes = [tree.node(i) for i in range(2 * tree.leaves)]
+            try:
+                reply = await self._call(peer, AeTree(hashes))
+            except ReplicaUnavailable:
+                continue
+            if not isinstance(reply, AeObjects) or not reply.leaves:
+                continue
+            for key, obj in reply.objects:
+                self.storage.store(key, from_wire(obj))
+            mine = self._objects_in(tree, reply.leaves)
+            shipped += len(reply.objects) + len(mine)
+            await self.storage.sync()
+            with contextlib.suppress(ReplicaUnavailable):
+                await self._call(peer, AeApply(mine))
+        self.counters.ae_rounds += 1
+        self.counters.ae_shipped += shipped
+        return shipped
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        hints: dict[str, int] = {}
+        for owner, _key in self.storage.hints.hints:
+            hints[owner] = hints.get(owner, 0) + 1
+        q = self.quorum
+        return {
+            "name": self.name,
+            "http": self.config.http,
+            "peer": self.config.peer,
+            "quorum": {"n": q.n, "r": q.r, "w": q.w, "warning": q.warning},
+            "conflicts": self.config.conflicts,
+            "ring": {"nodes": list(self.ring.nodes), "vnodes": self.ring.vnodes},
+            "members": [
+                {
+                    "name": m.name,
+                    "state": m.state.name.lower(),
+                    "incarnation": m.incarnation,
+                    "peer": m.address,
+                    "http": m.tag("http"),
+                }
+                for m in self.members.members()
+            ],
+            "keys": len(self.storage.objects),
+            "hints_pending": len(self.storage.hints),
+            "hints_by_owner": dict(sorted(hints.items())),
+            "counters": vars(self.counters).copy(),
+            "commits": self.storage.commits,
+        }

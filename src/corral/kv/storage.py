@@ -1,0 +1,232 @@
+"""Durable local storage of one AP-store node: objects, hints and actor epochs in SQLite (WAL).
+
+Theory of operation:
+- **What is kept.** ``objects`` maps a key (``bucket/key``) to its versioned object — siblings
+  with their dots, tombstones included — and ``hints`` maps (owner, key) to an object this node
+  holds for an unreachable home node. Both are mirrored in memory (``objects``/``hints``), so
+  reads, Merkle trees and handoff scans never touch the disk; memory bounds the data a node
+  holds, which suits the small, hot data sets an app's AP store keeps.
+- **fsync policy.** ``PRAGMA synchronous=FULL`` in WAL mode: a commit returns only after the WAL
+  is fdatasync'ed. Writes are *group-committed*: ``store`` changes memory and queues the row;
+  ``await sync()`` commits everything queued in one transaction, in a worker thread, shared
+  by every caller waiting at that moment (one commit in flight; the next gathers what
+  arrives meanwhile). A node acknowledges a replica write (and counts its own) only after
+  ``sync`` returned, so a put is acknowledged once W nodes hold it on disk.
+- **Actors never reuse a dot.** A node writes as actor ``<node>.<epoch>``. Epochs are handed out
+  from a block reserved durably at open (``meta.epoch``), and the actor is *not* persisted with
+  an object: after a crash every key gets a fresh actor, so a dot issued before the crash —
+  perhaps replicated, perhaps not durable here — is never issued again with another value.
+- **Tombstones** stay until ``reap(now, grace)`` removes those older than the grace period;
+  ``grace`` must outlast any replica's absence or a delete can come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import msgspec
+
+from corral.errors import StoreError
+from corral.kv import versions
+from corral.kv.coordinator import Conflicts, HintStore, merger
+from corral.kv.versions import EMPTY, Versioned
+from corral.kv.wire import WireObject, from_wire, to_wire
+
+EPOCH_BLOCK = 1 << 20
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(WireObject).decode
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, obj BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS hints (
+  owner TEXT NOT NULL, key TEXT NOT NULL, obj BLOB NOT NULL, PRIMARY KEY (owner, key));
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class KvStorage:
+    """One node's data directory. Not thread-safe: one event loop owns it."""
+
+    def __init__(self, data_dir: Path, node: str, conflicts: Conflicts = "siblings") -> None:
+        self.path = Path(data_dir) / "kv.sqlite3"
+        self.node = node
+        self.conflicts: Conflicts = conflicts
+        self._merge = merger(conflicts)
+        try:
+            Path(data_dir).mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"kv node {node}: cannot open its data at {self.path}: {exc}",
+                "check that --data points at a writable directory this node alone uses",
+            ) from None
+        self.objects: dict[str, Versioned] = {}
+        self.hints = HintStore(conflicts)
+        self._pending_objects: dict[str, Versioned | None] = {}
+        self._pending_hints: dict[tuple[str, str], Versioned | None] = {}
+        self._inflight: asyncio.Future[None] | None = None  # the commit being written
+        self._next: asyncio.Future[None] | None = None  # the commit after it
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kv-commit-{node}")
+        self.commits = 0
+        self._load()
+        self._next_epoch, self._epoch_end = self._reserve_epochs()
+
+    def _load(self) -> None:
+        try:
+            for key, blob in self._db.execute("SELECT key, obj FROM objects"):
+                self.objects[key] = from_wire(_decode(blob))
+            for owner, key, blob in self._db.execute("SELECT owner, key, obj FROM hints"):
+                self.hints.hints[(owner, key)] = from_wire(_decode(blob))
+        except (sqlite3.Error, msgspec.DecodeError) as exc:
+            raise StoreError(
+                f"kv node {self.node}: {self.path} is damaged: {exc}",
+                "restore the data directory, or remove it and let anti-entropy refill it",
+            ) from None
+
+    def _reserve_epochs(self) -> tuple[int, int]:
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()
+        start = (row[0] if row else 0) + 1
+        end = start + EPOCH_BLOCK
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (end,))
+        return start, end
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._commit()
+        self._db.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, key: str) -> Versioned:
+        return self.objects.get(key, EMPTY)
+
+    def local(self, key: str) -> Versioned:
+        """What this node knows of ``key``: its copy merged with any hint it holds."""
+        held = self.hints.for_key(key) if self.hints.hints else EMPTY
+        return self._merge(self.objects.get(key, EMPTY), held)
+
+    def keys(self) -> Iterator[str]:
+        return iter(sorted(self.objects))
+
+    # ------------------------------------------------------------------ writing
+
+    def new_actor(self) -> str:
+        if self._next_epoch >= self._epoch_end:
+            self._next_epoch, self._epoch_end = self._reserve_epochs()
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        return f"{self.node}.{epoch}"
+
+    def store(self, key: str, obj: Versioned, hint_for: str | None = None) -> Versioned:
+        """Merge ``obj`` into the local copy (or into a hint for ``hint_for``); durable after
+        the next ``sync``. ``obj.actor`` is kept when it is a local write's."""
+        if hint_for is not None and hint_for != self.node:
+            merged = self.hints.add(hint_for, key, obj)
+            self._pending_hints[(hint_for, key)] = merged
+            return merged
+        local = self.objects.get(key, EMPTY)
+        merged = self._merge(local, obj)
+        merged = Versioned(merged.siblings, merged.context, obj.actor or local.actor)
+        self.objects[key] = merged
+        self._pending_objects[key] = merged
+        return merged
+
+    def hint_delivered(self, owner: str, key: str, digest: bytes) -> bool:
+        if self.hints.delivered(owner, key, digest):
+            self._pending_hints[(owner, key)] = None
+            return True
+        return False
+
+    def reap(self, now: float, grace: float) -> int:
+        """Forget tombstones older than ``grace``; returns how many."""
+        gone = [k for k, obj in sorted(self.objects.items()) if versions.reapable(obj, now, grace)]
+        for key in gone:
+            del self.objects[key]
+            self._pending_objects[key] = None
+        return len(gone)
+
+    async def sync(self) -> None:
+        """Return once everything stored so far is on disk (group commit).
+
+        The commit runs in a worker thread, so the loop keeps taking requests while the disk
+        syncs; what they store meanwhile goes into the next commit, which starts as soon as
+        the one in flight ends. One commit is in flight at a time."""
+        if not self._pending_objects and not self._pending_hints:
+            if self._inflight is not None:
+                await asyncio.shield(self._inflight)  # what was stored is in that commit
+            return
+        ours = self._next
+        if ours is None:
+            ours = self._next = asyncio.get_running_loop().create_future()
+            if self._inflight is None:
+                self._start_commit()
+        await asyncio.shield(ours)
+
+    def _start_commit(self) -> None:
+        done, self._next = self._next, None
+        assert done is not None
+        self._inflight = done
+        objects, self._pending_objects = self._pending_objects, {}
+        hints, self._pending_hints = self._pending_hints, {}
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._executor, self._write, objects, hints)
+        work.add_done_callback(lambda w: self._commit_done(done, w))
+
+    def _commit_done(self, done: asyncio.Future[None], work: asyncio.Future[None]) -> None:
+        self._inflight = None
+        exc = work.exception()
+        if not done.done():
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+                done.exception()  # retrieved: every waiter sees it through its shield
+        if self._next is not None:
+            self._start_commit()
+
+    def _commit(self) -> None:
+        objects, self._pending_objects = self._pending_objects, {}
+        hints, self._pending_hints = self._pending_hints, {}
+        self._write(objects, hints)
+
+    def _write(
+        self,
+        objects: dict[str, Versioned | None],
+        hints: dict[tuple[str, str], Versioned | None],
+    ) -> None:
+        if not objects and not hints:
+            return
+        try:
+            db = self._db
+            db.execute("BEGIN")
+            for key, obj in objects.items():
+                if obj is None:
+                    db.execute("DELETE FROM objects WHERE key = ?", (key,))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO objects VALUES (?, ?)", (key, _encode(to_wire(obj)))
+                    )
+            for (owner, key), obj in hints.items():
+                if obj is None:
+                    db.execute("DELETE FROM hints WHERE owner = ? AND key = ?", (owner, key))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO hints VALUES (?, ?, ?)",
+                        (owner, key, _encode(to_wire(obj))),
+                    )
+            db.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreError(
+                f"kv node {self.node}: cannot write {self.path}: {exc}",
+                "check free disk space and that no other process uses this data directory",
+            ) from None

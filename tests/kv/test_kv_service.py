@@ -1,0 +1,134 @@
+"""The AP store as running processes: 3 nodes on loopback, N=3, R=W=2 (issue 9).
+
+Each test starts its own cluster (``corral kv serve`` ×3 with the TEST membership preset) and
+kills it at the end. Faults are real: SIGKILL, SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.errors import UserError
+from corral.kv.testing import LocalCluster, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path, 3, ["--ae-interval", "1"]) as c:
+        c.wait_ready()
+        yield c
+
+
+def hints_pending(cluster: LocalCluster, nodes: list[int]) -> int:
+    return sum(cluster.status(i)["hints_pending"] for i in nodes)
+
+
+def test_value_written_with_w2_is_read_with_r2_from_every_node(cluster: LocalCluster) -> None:
+    cluster.client(0).put("carts", "alice", b"3 apples")
+    for i in range(3):
+        assert cluster.client(i).get("carts", "alice").value == b"3 apples"
+    assert cluster.client(1).get("carts", "alice", r=3).value == b"3 apples"
+    assert not cluster.client(2).get("carts", "nobody").found
+    with pytest.raises(UserError, match=r"\?r=4 must be an integer between 1 and n"):
+        cluster.client(0).get("carts", "alice", r=4)
+
+
+def test_concurrent_writes_without_context_are_siblings_and_a_write_with_context_collapses(
+    cluster: LocalCluster,
+) -> None:
+    first = cluster.client(0).put("carts", "bob", b"milk")
+    second = cluster.client(2).put("carts", "bob", b"eggs")  # blind: saw nothing
+    assert b"eggs" in second.values
+    read = cluster.client(1).get("carts", "bob", r=3)  # every replica: both writes are there
+    assert sorted(read.values) == [b"eggs", b"milk"]
+    merged = cluster.client(1).put("carts", "bob", b"eggs,milk", read.context)
+    assert merged.values == [b"eggs,milk"]
+    for i in range(3):
+        assert cluster.client(i).get("carts", "bob").value == b"eggs,milk"
+    # a writer with a stale context adds one sibling, never loses the merged value
+    cluster.client(0).put("carts", "bob", b"bread", first.context)
+    wait_for(
+        "the stale write to sit beside the merged value",
+        lambda: (
+            sorted(cluster.client(2).get("carts", "bob", r=3).values) == [b"bread", b"eggs,milk"]
+        ),
+    )
+
+
+def test_writes_succeed_while_a_node_is_killed_and_hints_drain_to_it_when_it_returns(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    cluster.kill(2)
+    client = cluster.client(0)
+    for k in range(20):
+        client.put("orders", f"o{k}", f"order {k}".encode())  # W=2: raises if not acknowledged
+    assert hints_pending(cluster, [0, 1]) >= 20
+    with sqlite3.connect(f"file:{tmp_path / 'n1' / 'kv.sqlite3'}?mode=ro", uri=True) as db:
+        on_disk = db.execute("SELECT count(*) FROM hints WHERE owner = 'n3'").fetchone()[0]
+    assert on_disk >= 1  # hints are persisted, not only held in memory
+    cluster.restart(2)
+    wait_for("hint stores to drain", lambda: hints_pending(cluster, [0, 1, 2]) == 0, 15)
+    back = cluster.client(2)
+    for k in range(20):
+        assert back.get("orders", f"o{k}", r=1).value == f"order {k}".encode()
+
+
+def test_a_stopped_node_neither_blocks_quorum_writes_nor_reads_and_catches_up(
+    cluster: LocalCluster,
+) -> None:
+    cluster.signal(1, signal.SIGSTOP)
+    try:
+        client = cluster.client(0)
+        for k in range(10):
+            client.put("sessions", f"s{k}", b"x" * k)
+        for k in range(10):
+            assert cluster.client(2).get("sessions", f"s{k}").value == b"x" * k
+    finally:
+        cluster.signal(1, signal.SIGCONT)
+    cluster.wait_ready([0, 1, 2])
+    wait_for("hint stores to drain", lambda: hints_pending(cluster, [0, 1, 2]) == 0, 15)
+    wait_for(
+        "the stopped node to hold every write",
+        lambda: all(
+            cluster.client(1).get("sessions", f"s{k}", r=1).value == b"x" * k for k in range(10)
+        ),
+        10,
+    )
+
+
+def test_a_delete_is_not_resurrected_by_anti_entropy_from_a_stale_replica(
+    tmp_path: Path,
+) -> None:
+    # Handoff off (an hour), anti-entropy every 0.5 s: only Merkle exchanges can repair n3.
+    options = ["--ae-interval", "0.5", "--handoff-interval", "3600"]
+    with LocalCluster(tmp_path, 3, options) as cluster:
+        cluster.wait_ready()
+        client = cluster.client(0)
+        written = client.put("carts", "carol", b"to be deleted")
+        wait_for("n3 to hold the value", lambda: cluster.client(2).get("carts", "carol", r=1).found)
+        cluster.kill(2)  # n3 keeps the value on disk
+        client.delete("carts", "carol", written.context)
+        client.put("carts", "dave", b"written while n3 was down")
+        cluster.restart(2)
+        cluster.wait_ready()
+        rounds = cluster.status(2)["counters"]["ae_rounds"]
+        wait_for(
+            "anti-entropy to bring n3 the delete and the new key",
+            lambda: (
+                not cluster.client(2).get("carts", "carol", r=1).found
+                and cluster.client(2).get("carts", "dave", r=1).found
+            ),
+            15,
+        )
+        wait_for("two more anti-entropy rounds", lambda: cluster.status(2)["counters"][
+            "ae_rounds"] >= rounds + 2)  # fmt: skip
+        for i in range(3):
+            assert not cluster.client(i).get("carts", "carol", r=3).found
+        assert cluster.status(0)["hints_pending"] >= 1  # handoff did not do it

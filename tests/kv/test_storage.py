@@ -1,0 +1,71 @@
+"""Durable local storage of an AP-store node, and the causal-context header (issue 9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.kv import versions
+from corral.kv.storage import KvStorage
+from corral.kv.versions import EMPTY
+from corral.kv.wire import BadContext, decode_context, encode_context, from_wire, to_wire
+
+
+async def test_objects_and_hints_survive_a_reopen(tmp_path: Path) -> None:
+    storage = KvStorage(tmp_path, "n1")
+    actor = storage.new_actor()
+    obj = versions.write(EMPTY, (), actor, b"v1", 1.0)
+    storage.store("b/k", obj)
+    storage.store("b/h", versions.write(EMPTY, (), "n2.1", b"held", 1.0), hint_for="n3")
+    await storage.sync()
+    storage.close()
+    again = KvStorage(tmp_path, "n1")
+    assert again.get("b/k").values == [b"v1"]
+    assert again.hints.for_key("b/h").values == [b"held"]
+    assert again.local("b/h").values == [b"held"]  # a read sees the hint it holds
+    again.close()
+
+
+async def test_a_restarted_node_never_writes_as_an_actor_it_used_before(tmp_path: Path) -> None:
+    storage = KvStorage(tmp_path, "n1")
+    before = {storage.new_actor() for _ in range(3)}
+    storage.store("b/k", versions.write(EMPTY, (), sorted(before)[0], b"v", 1.0))
+    await storage.sync()
+    storage.close()
+    again = KvStorage(tmp_path, "n1")
+    assert again.get("b/k").actor == ""  # the key gets a fresh actor on its next write
+    assert again.new_actor() not in before
+    again.close()
+
+
+async def test_delivered_hints_and_reaped_tombstones_are_gone_after_a_reopen(
+    tmp_path: Path,
+) -> None:
+    storage = KvStorage(tmp_path, "n1")
+    hint = versions.write(EMPTY, (), "n2.1", b"held", 1.0)
+    storage.store("b/h", hint, hint_for="n3")
+    storage.store("b/dead", versions.write(EMPTY, (), "n1.1", None, 100.0))
+    await storage.sync()
+    assert storage.hint_delivered("n3", "b/h", versions.digest(hint))
+    assert storage.reap(now=100.0 + 3600, grace=3600) == 1
+    await storage.sync()
+    storage.close()
+    again = KvStorage(tmp_path, "n1")
+    assert len(again.hints) == 0 and again.get("b/dead").empty
+    again.close()
+
+
+def test_context_header_round_trips_and_rejects_what_the_store_did_not_issue() -> None:
+    ctx = (("n1.4", 2), ("n2.9", 1))
+    assert decode_context(encode_context(ctx)) == ctx
+    assert decode_context("") == ()
+    with pytest.raises(BadContext, match="X-Kv-Context"):
+        decode_context("not-a-context!")
+
+
+def test_objects_cross_the_wire_without_their_local_actor() -> None:
+    obj = versions.write(EMPTY, (), "n1.1", b"v", 2.0)
+    obj = versions.Versioned(obj.siblings, obj.context, "n1.1")
+    back = from_wire(to_wire(obj))
+    assert back == obj and back.actor == ""
