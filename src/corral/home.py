@@ -2,9 +2,13 @@
 
 $CORRAL_HOME/
   store.db            the Store (SQLite, WAL)
+  store               the store URL this home runs on (sqlite | etcd://…), once chosen
   lock                flock held by the one control plane serving this home
   server.pid          the control plane's pid
-  api                 the API base URL (http://127.0.0.1:PORT, no path), written when ready
+  api                 the API base URL (http://127.0.0.1:PORT, no path), written when ready;
+                      a cluster lists every node's, one a line, the leader's first
+  cluster             present when this home's control plane is a cluster (`server --cluster`)
+  nodes/<id>/         a cluster node's own files: its Raft log and store, server.log, api
   server.log          the control plane's own log (never secrets)
   token read-token ingest-token     mode 0600, generated on first start
   instances/<id>/     one directory per instance: launch, shim and exit records, logs
@@ -78,9 +82,18 @@ class Home:
         for role, name in TOKEN_FILES.items():
             path = self.path / name
             if not path.exists():
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                # Written aside, then linked into place: the nodes of a cluster sharing this
+                # home start at once, and none may read a token file that is still empty.
+                tmp = self.path / f".{name}.{os.getpid()}.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as f:
                     f.write(ids.token() + "\n")
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    pass  # another process made it first: use that one
+                finally:
+                    tmp.unlink()
             tokens[role] = path.read_text().strip()
         return tokens
 
@@ -92,10 +105,24 @@ class Home:
             return None
 
     def api_url(self) -> str | None:
+        urls = self.api_urls()
+        return urls[0] if urls else None
+
+    def api_urls(self) -> list[str]:
+        """Every API URL in the ``api`` file (a cluster lists each node's; leader first)."""
         try:
-            return self.api_file.read_text().strip() or None
+            text = self.api_file.read_text()
         except FileNotFoundError:
-            return None
+            return []
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.path / "cluster"
+
+    def node_dir(self, node_id: int) -> Path:
+        """A cluster node's own directory (its Raft data, log, pid and API address)."""
+        return self.path / "nodes" / str(node_id)
 
     def server_pid(self) -> int | None:
         try:
@@ -117,6 +144,23 @@ class Home:
                 f"another control plane (pid {pid or '?'}) is serving {self.path}",
                 "use that one (`corral status`), or stop it with `corral down`; set "
                 "CORRAL_HOME to run a separate platform",
+            ) from None
+        return fd
+
+    def lock_shared(self) -> int:
+        """Like ``lock`` for the nodes of a cluster sharing this home (one machine): each holds
+        it shared, so no single control plane can start here while any node runs."""
+        self.create()
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = self.server_pid()
+            raise AlreadyRunning(
+                f"a single control plane (pid {pid or '?'}) is serving {self.path}",
+                "stop it (`corral down`) before starting cluster nodes on this home, or set "
+                "CORRAL_HOME to another directory",
             ) from None
         return fd
 

@@ -1,0 +1,203 @@
+"""``corral server --cluster`` options and ``corral cluster status|add|remove|transfer-leader``.
+
+Every command talks to whichever node of ``$CORRAL_HOME/api`` answers; membership changes and
+transfers run on the leader (a follower redirects the client there). ``status`` asks every
+member for its own view, so it works — and shows which nodes are unreachable — without
+quorum.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from corral.cli import render
+from corral.client import Client
+from corral.control import cluster_view
+from corral.control.cluster_view import MemberRecord
+from corral.errors import CorralError, NotFound, UserError
+from corral.home import Home
+
+F = TypeVar("F", bound=Callable[..., Any])
+MEMBER_TIMEOUT = 2.0  # seconds `cluster status` waits for each member
+
+
+def server_options(command: F) -> F:
+    """The `corral server` options of a cluster node."""
+    options = [
+        click.option("--preset", "raft_preset", type=click.Choice(["default", "fast"]),
+                     default="default", show_default=True,
+                     help="--cluster: Raft timing (fast: 150-300 ms elections)"),
+        click.option("--request-timeout", type=float, default=5.0, show_default=True,
+                     help="--cluster: seconds a write or read waits for a quorum"),
+        click.option("--join", is_flag=True,
+                     help="--cluster: join a running cluster (then `corral cluster add`)"),
+        click.option("--api", "api_address", default=None,
+                     help="HOST:PORT for the API (instead of --host/--port)"),
+        click.option("--peers", default=None,
+                     help="--cluster: every member's Raft address, 1=HOST:PORT,2=…,3=…"),
+        click.option("--node-id", type=int, default=None, help="--cluster: this node's id"),
+        click.option("--cluster", "cluster", is_flag=True,
+                     help="Run one node of a replicated (Raft) control plane."),
+    ]  # fmt: skip
+    for option in options:
+        command = option(command)
+    return command
+
+
+def run_node_if_asked(
+    home: Home, host: str, port: int, options: dict[str, Any], foreground: bool
+) -> bool:
+    """Run a cluster node when ``--cluster`` was given (returns when it stops); False if not."""
+    if options.get("api_address"):
+        host, _, raw = str(options["api_address"]).rpartition(":")
+        if not host or not raw.isdigit():
+            raise UserError(
+                f"--api {options['api_address']!r} is not HOST:PORT", "--api 127.0.0.1:8400"
+            )
+        port = int(raw)
+    if not options.get("cluster"):
+        if options.get("peers") or options.get("node_id") is not None or options.get("join"):
+            raise UserError(
+                "--peers, --node-id and --join belong to a cluster node", "add --cluster"
+            )
+        if options.get("api_address"):
+            from corral import server as server_module
+
+            server_module.main(home, host, port, foreground=foreground)
+            return True
+        return False
+    if options.get("node_id") is None or not options.get("peers"):
+        raise UserError(
+            "--cluster needs --node-id and --peers",
+            "corral server --cluster --node-id 1 --peers 1=127.0.0.1:7001,2=…,3=…",
+        )
+    from corral import cluster_server
+
+    cluster_server.main(
+        home,
+        int(options["node_id"]),
+        cluster_view.parse_peers(str(options["peers"])),
+        host,
+        port,
+        join=bool(options.get("join")),
+        preset=str(options.get("raft_preset") or "default"),
+        request_timeout=float(options.get("request_timeout") or 5.0),
+        foreground=foreground,
+    )
+    return True
+
+
+def _client() -> Client:
+    return Client.for_home(Home.resolve())
+
+
+def _view(client: Client) -> dict[str, Any]:
+    try:
+        view: dict[str, Any] = client.request("GET", "/cluster")
+    except NotFound:
+        raise UserError(
+            f"the control plane at {client.base_url} is not a cluster",
+            "start the nodes with `corral server --cluster --node-id N --peers …`",
+        ) from None
+    return view
+
+
+def _ids(view: dict[str, Any]) -> set[int]:
+    """The members a node knows: its configuration and the published member records (a
+    removed node's Raft address may linger in its address book; it is not a member)."""
+    ids = {int(v) for v in view["voters"]} | {int(v) for v in view["learners"]}
+    return ids | {int(k) for k in view["members"]}
+
+
+def _member_views(client: Client, first: dict[str, Any]) -> dict[int, dict[str, Any] | None]:
+    """Each member's view of itself (None for a member that did not answer)."""
+    views: dict[int, dict[str, Any] | None] = {int(first["node"]): first}
+    for node_id in sorted(_ids(first) - set(views)):
+        url = first["members"].get(str(node_id), {}).get("api")
+        views[node_id] = None
+        if url:
+            try:
+                views[node_id] = _view(Client(url, client.token, timeout=MEMBER_TIMEOUT))
+            except CorralError:
+                pass
+    return views
+
+
+@click.group("cluster")
+def cluster() -> None:
+    """The replicated control plane: members, roles, leader, lag."""
+
+
+@cluster.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Members with their role, term, commit and applied index, and lag."""
+    client = _client()
+    first = _view(client)
+    members = {
+        int(k): MemberRecord(int(k), m["raft"], m["api"]) for k, m in first["members"].items()
+    }
+    for node_id in _ids(first) - set(members):
+        members[node_id] = MemberRecord(node_id, first["peers"].get(str(node_id), ""), "")
+    rows = cluster_view.status_rows(_member_views(client, first), members)
+    leaders = sorted({r["leader"] for r in rows if r["leader"]})
+    summary = {
+        "leader": leaders[0] if len(leaders) == 1 else None,
+        "term": max((r["term"] or 0 for r in rows), default=0),
+        "members": rows,
+    }
+    if as_json:
+        render.write(json.dumps(summary, indent=2))
+        return
+    if summary["leader"] is None:
+        render.err.print(
+            "[red]no leader[/]: no quorum — a majority of the voters must be up and reachable"
+        )
+    else:
+        render.out.print(f"leader: node {summary['leader']}, term {summary['term']}")
+    table = [
+        {
+            "id": r["id"],
+            "role": r["role"] + ("" if r["voter"] or r["role"] == "unreachable" else "*"),
+            "raft": r["raft"],
+            "api": r["api"],
+            "term": r["term"],
+            "commit": r["commit"],
+            "applied": r["applied"],
+            "lag": r["lag"],
+        }
+        for r in rows
+    ]
+    render.json_or_table(table, False, "members")
+
+
+@cluster.command("add")
+@click.argument("member")
+def add(member: str) -> None:
+    """Add ID=HOST:PORT (its Raft address) as a learner, then a voter once caught up.
+
+    Start the node first: corral server --cluster --join --node-id ID --peers …"""
+    node_id, address = cluster_view.parse_member(member)
+    result = _client().request("POST", "/cluster/members", {"id": node_id, "address": address})
+    render.out.print(f"node {node_id} ({address}) is a voter; voters {result['voters']}")
+
+
+@cluster.command("remove")
+@click.argument("node_id", type=int)
+def remove(node_id: int) -> None:
+    """Remove member NODE_ID (the leader too: it steps down first)."""
+    result = _client().request("DELETE", f"/cluster/members/{node_id}")
+    render.out.print(f"node {node_id} removed; voters {result['voters']}")
+
+
+@cluster.command("transfer-leader")
+@click.argument("node_id", type=int, required=False)
+def transfer_leader(node_id: int | None) -> None:
+    """Move leadership to NODE_ID (default: the most caught-up other voter)."""
+    body = {} if node_id is None else {"to": node_id}
+    result = _client().request("POST", "/cluster/transfer-leader", body)
+    render.out.print(f"leader: node {result['from']} → node {result['leader']}")
