@@ -26,6 +26,35 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ] || ! .venv/bin/python
   echo "$digest" > "$stamp"
 fi
 
+# Zero-touch tracing (issue 4): the OpenTelemetry packages that Python instances get on their
+# PYTHONPATH, in a directory of their own (never this venv's site-packages), behind the bootstrap
+# in src/corral/telemetry/otel_site/. Pinned; rebuilt only when the pins change. A failure
+# leaves the platform working, with auto-instrumentation off (an event says so per instance).
+otel_site=.venv/corral-otel-site
+otel_pins="opentelemetry-api==1.45.1 opentelemetry-sdk==1.45.1 opentelemetry-semantic-conventions==0.66b1
+opentelemetry-exporter-otlp-proto-http==1.45.1 opentelemetry-exporter-otlp-proto-common==1.45.1
+opentelemetry-exporter-otlp-common==0.66b1 opentelemetry-exporter-http-transport==0.66b1
+opentelemetry-proto==1.45.1 opentelemetry-instrumentation==0.66b1 opentelemetry-util-http==0.66b1
+opentelemetry-instrumentation-urllib==0.66b1 opentelemetry-instrumentation-urllib3==0.66b1
+opentelemetry-instrumentation-requests==0.66b1 opentelemetry-instrumentation-dbapi==0.66b1
+opentelemetry-instrumentation-sqlite3==0.66b1 protobuf==7.36.2 googleapis-common-protos==1.76.0
+requests==2.34.2 urllib3==2.8.0 idna==3.20 certifi==2026.10.19.post1 charset-normalizer==3.5.3
+wrapt==2.5.2 packaging==26.4 typing-extensions==4.16.0"
+otel_digest=$(printf '%s' "$otel_pins" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$otel_site/.corral-installed" 2>/dev/null)" != "$otel_digest" ]; then
+  echo "bootstrap: building the OpenTelemetry site for auto-instrumentation ($otel_site)" >&2
+  rm -rf "$otel_site.new"
+  # shellcheck disable=SC2086  # the pins are words on purpose
+  if .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+      --target "$otel_site.new" $otel_pins; then
+    rm -rf "$otel_site" && mv "$otel_site.new" "$otel_site"
+    echo "$otel_digest" > "$otel_site/.corral-installed"
+  else
+    rm -rf "$otel_site.new"
+    echo "bootstrap: OpenTelemetry site not built; Python services run without auto-instrumentation" >&2
+  fi
+fi
+
 # Dashboard charts and graph (uPlot, Cytoscape.js) from the npm registry, pinned by the lock
 # file; without them the dashboard shows its tables only.
 vendor=src/corral/dashboard/vendor
@@ -52,6 +81,8 @@ if [ "$want_test" = 1 ]; then
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v iptables >/dev/null 2>&1 || need+=(iptables)
   command -v faketime >/dev/null 2>&1 || need+=(faketime)
+  command -v prometheus >/dev/null 2>&1 || need+=(prometheus)   # scrapes /metrics in a test
+  command -v etcd >/dev/null 2>&1 || need+=(etcd-server)   # the etcd Store backend
   command -v taskset >/dev/null 2>&1 || need+=(util-linux)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)   # dashboard browser tests
   if [ ${#need[@]} -gt 0 ]; then

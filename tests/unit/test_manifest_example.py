@@ -178,6 +178,7 @@ def test_a_minimal_service_gets_the_documented_defaults() -> None:
         "disruption": {"max_unavailable": 1},
         "history": 10,
         "autoscale": None,
+        "telemetry": {"auto_instrument": True},
     }
     assert api.instance_bounds() == (0, 1000)
     assert api.initial_instances() == 1

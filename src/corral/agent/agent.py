@@ -19,6 +19,7 @@ import signal
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from corral import clock, model
@@ -33,6 +34,8 @@ from corral.agent.health import (
     Started,
     Unroutable,
 )
+from corral.agent.metrics_loop import ProcessMetricsLoop
+from corral.agent.procmetrics import Identity
 from corral.control import backoff, events, lifecycle, state
 from corral.control.system import COLLECTOR
 from corral.errors import Compacted
@@ -42,6 +45,7 @@ from corral.runtime.driver import LaunchSpec, Running, StartFailed
 from corral.runtime.local import LocalDriver
 from corral.runtime.ports import port_in_use
 from corral.store.base import Compare, Op, Put, Store
+from corral.telemetry.inject import AutoInstrument
 
 log = logging.getLogger("corral.agent")
 
@@ -82,6 +86,9 @@ class Agent:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self.process_metrics = ProcessMetricsLoop(home, self._metric_identities)
+        self.auto_instrument = AutoInstrument()
+        self._instrument_notes: set[tuple[str, str]] = set()
 
     # -- lifecycle of the agent itself ------------------------------------------------------
 
@@ -92,6 +99,7 @@ class Agent:
         await self._adopt()
         self._tasks.append(asyncio.create_task(self._watch(listing.revision + 1)))
         self._tasks.append(asyncio.create_task(self._resync_loop()))
+        self._tasks.append(asyncio.create_task(self.process_metrics.run()))
         for instance_id in sorted(self.specs):
             self._kick(instance_id)
 
@@ -156,6 +164,18 @@ class Agent:
             await asyncio.sleep(30)
             for instance_id in sorted(set(self.specs) | set(self.supervised)):
                 self._kick(instance_id)
+
+    def _metric_identities(self) -> list[tuple[Identity, Path]]:
+        """The instances this agent supervises, with the labels of their process metrics."""
+        out = []
+        for instance_id, sup in sorted(self.supervised.items()):
+            status = self.statuses.get(instance_id)
+            restarts = status.restarts if status is not None else sup.spec.restarts
+            identity = Identity(
+                sup.spec.service, instance_id, sup.spec.release, self.node, restarts
+            )
+            out.append((identity, self.driver.instance_dir(instance_id)))
+        return out
 
     def _kick(self, instance_id: str) -> None:
         task = asyncio.create_task(self._converge(instance_id))
@@ -283,6 +303,24 @@ class Agent:
             env["OTEL_EXPORTER_OTLP_HEADERS"] = f"authorization=Bearer%20{token}"
         return env
 
+    async def _auto_instrumented(
+        self, spec: model.InstanceSpec, release_spec: Mapping[str, Any], env: dict[str, str]
+    ) -> dict[str, str]:
+        """Zero-touch tracing for Python services (``telemetry.inject``); when it cannot be
+        done, the instance starts as it is and an event says why (once per instance)."""
+        if spec.system:
+            return env
+        argv = [expand(str(part), env) for part in release_spec.get("command") or []]
+        cwd = str(release_spec.get("cwd") or self.home.path)
+        injection = await self.auto_instrument.prepare(argv, env, release_spec, cwd)
+        if injection.note and (spec.id, injection.note) not in self._instrument_notes:
+            self._instrument_notes.add((spec.id, injection.note))
+            await events.record(
+                self.store,
+                events.make(spec.id, "instance", injection.note, service=spec.service),
+            )
+        return injection.env
+
     async def _dependency_env(self, release_spec: Mapping[str, Any]) -> dict[str, str]:
         """``<DEP>_URL`` for each dependency: one of its instances in ``run`` right now."""
         out: dict[str, str] = {}
@@ -306,10 +344,12 @@ class Agent:
         restarts = spec.restarts + (spec.incarnation - 1)
         try:
             env = await self._environment(spec, release_spec)
+            # Only the app gets the tracing bootstrap: exec probes keep the plain environment.
+            app_env = await self._auto_instrumented(spec, release_spec, env)
             for name, port in spec.ports.items():
                 if port_in_use(port):
                     raise LaunchFailure(f"port {port} ({name}) is already in use")
-            launch = self._launch_spec(spec, release_spec, env)
+            launch = self._launch_spec(spec, release_spec, app_env)
             result = await self.driver.start(launch)
         except LaunchFailure as exc:
             failure = model.ExitInfo(at=now, reason=str(exc), start_failed=True)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,18 @@ import msgspec
 from aiohttp import web
 
 from corral import __version__, clock, model
-from corral.api import auth, views
-from corral.api.metrics import CONTENT_TYPE, PlatformMetrics
+from corral.api import auth, insight, views
+from corral.api.metrics import PlatformMetrics, ReconcilerView
+from corral.control import alerter as alerting
 from corral.control import apply as applying
 from corral.control import events, gateway_config, releases
+from corral.control.alerter import Alerter
 from corral.control.diff import spec_changes as diff_specs
 from corral.control.diff import summary as change_summary
 from corral.control.rollout import template_digest
+from corral.control.usage_sampler import UsageSampler
 from corral.dashboard import app as dashboard
+from corral.dashboard import public as dashboard_public
 from corral.dashboard import session
 from corral.errors import (
     Compacted,
@@ -38,10 +42,13 @@ from corral.errors import (
     PlatformUnavailable,
     UserError,
 )
+from corral.gateway import admin as gateway_admin
 from corral.home import Home
 from corral.manifest import service_record, validate_manifest_data
 from corral.runtime import logs as logfiles
 from corral.store.base import Compare, Delete, Put, Store
+from corral.telemetry.capacity import NEAR
+from corral.telemetry.exposition import content_type, wants_openmetrics
 
 log = logging.getLogger("corral.api")
 
@@ -65,13 +72,17 @@ class Api:
         tokens: dict[str, str],
         on_shutdown: Callable[[], None] | None = None,
         passes: Callable[[], int] | None = None,
+        extra_routes: Sequence[Route] = (),
+        reconciler: ReconcilerView | None = None,
     ) -> None:
         self.store = store
         self.home = home
         self.tokens = tokens
         self.on_shutdown = on_shutdown
-        self.metrics = PlatformMetrics(store, passes)
+        self.metrics = PlatformMetrics(store, passes, reconciler)
         self._http: aiohttp.ClientSession | None = None
+        self.alerter = Alerter(store, home)  # started with the app (on_startup)
+        self.usage = UsageSampler(home.instances_dir)
         self.routes = [
             Route("GET", "/api/v1/health", self.health, "Liveness of the control plane"),
             Route("GET", "/api/v1/openapi.json", self.openapi, "This API's OpenAPI document"),
@@ -90,6 +101,9 @@ class Api:
             Route("POST", "/api/v1/instances/{id}/restart", self.restart_instance, "Restart one"),
             Route("GET", "/api/v1/events", self.events, "Recent lifecycle events"),
             Route("GET", "/api/v1/events/stream", self.event_stream, "Events as SSE"),
+            Route("GET", "/api/v1/alerts", self.alerts, "Firing and recently resolved alerts"),
+            Route("GET", "/api/v1/changes", self.changes, "What changed, beside the curves"),
+            Route("GET", "/api/v1/capacity", self.capacity, "Headroom against limits"),
             Route("GET", "/api/v1/logs/{name}", self.logs, "Logs of a service or instance"),
             Route("GET", "/api/v1/secrets", self.secrets, "Secret names (never values)"),
             Route("PUT", "/api/v1/secrets/{name}", self.set_secret, "Set a secret"),
@@ -104,9 +118,16 @@ class Api:
             Route("PUT", "/api/v1/gateway/routes/{name}", self.route_put, "Replace a route"),
             Route("DELETE", "/api/v1/gateway/routes/{name}", self.route_delete, "Delete a route"),
             Route("POST", "/api/v1/gateway/rollback", self.gateway_rollback, "Previous config"),
+            Route("POST", "/api/v1/gateway/routes/{name}/switch", self.route_switch, "Switches"),
+            Route(
+                "POST", "/api/v1/gateway/routes/{name}/breaker/reset", self.breaker_reset, "Reset"
+            ),
+            Route("POST", "/api/v1/gateway/cache/purge", self.cache_purge, "Purge the cache"),
+            Route("POST", "/api/v1/gateway/plugins/reload", self.plugins_reload, "Reload plugins"),
             Route("GET", "/api/v1/telemetry/{query:.+}", self.telemetry, "Telemetry queries"),
             Route("GET", "/api/v1/store/range", self.store_range, "Read keys under a prefix"),
             Route("GET", "/api/v1/store/watch", self.store_watch, "Follow changes (SSE)"),
+            *extra_routes,  # e.g. api.cluster's, on a replicated control plane
         ]
 
     async def close(self) -> None:
@@ -119,7 +140,15 @@ class Api:
             app.router.add_route(route.method, route.path, route.handler)
         app.router.add_route("GET", "/metrics", self.prometheus)
         dashboard.setup(app, self)
+        app.on_startup.append(self._start_alerter)
+        app.on_cleanup.append(self._stop_alerter)
         return app
+
+    async def _start_alerter(self, app: web.Application) -> None:
+        await self.alerter.start()
+
+    async def _stop_alerter(self, app: web.Application) -> None:
+        await self.alerter.close()
 
     # -- middleware -------------------------------------------------------------------------
 
@@ -169,18 +198,18 @@ class Api:
             auth.authorize(
                 "GET", "/api/v1/metrics", request.headers.get("Authorization"), self.tokens
             )
-        body = await self.metrics.render()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+        openmetrics = wants_openmetrics(request.headers.get("Accept"))
+        body = await self.metrics.render(openmetrics=openmetrics)
+        return web.Response(body=body, headers={"Content-Type": content_type(openmetrics)})
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        auth.authorize(
-            request.method,
-            request.path,
-            request.headers.get("Authorization"),
-            self.tokens,
-            request.cookies.get(session.COOKIE),
+        header = request.headers.get("Authorization")
+        cookie = request.cookies.get(session.COOKIE)
+        public = await dashboard_public.lets_through(
+            self.store, request.method, request.path, header, cookie, self.tokens
         )
+        auth.authorize(request.method, request.path, header, self.tokens, cookie, public)
         return await handler(request)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -276,6 +305,7 @@ class Api:
 
     async def apply(self, request: web.Request) -> web.StreamResponse:
         loaded, body = await self._loaded(request)
+        await alerting.check_secrets(self.store, loaded.manifest)
         result = await applying.apply_manifest(
             self.store,
             loaded,
@@ -283,6 +313,9 @@ class Api:
             str(body.get("user") or ""),
             home=self.home.path,
         )
+        await alerting.save_config(self.store, loaded.manifest)
+        settings = dashboard_public.from_manifest(loaded.manifest.dashboard)
+        await self.store.txn([], [dashboard_public.write_op(settings)])
         return web.json_response(
             {
                 "changes": result.changes,
@@ -583,6 +616,24 @@ class Api:
             out.append(_event_dict(event))
         return web.json_response(out[-limit:] if limit else out)
 
+    async def alerts(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(await insight.alerts_view(self.alerter))
+
+    async def changes(self, request: web.Request) -> web.StreamResponse:
+        service = request.query.get("service", "")
+        view = await insight.changes_view(
+            self.store, self.alerter, service, request.query.get("since", "1h")
+        )
+        return web.json_response(view)
+
+    async def capacity(self, request: web.Request) -> web.StreamResponse:
+        try:
+            near = float(request.query.get("near", NEAR))
+        except ValueError:
+            raise UserError("near must be a fraction, e.g. near=0.8", "near=0.8") from None
+        view = await insight.capacity_view(self.store, self.alerter, self.usage, near)
+        return web.json_response(view)
+
     async def event_stream(self, request: web.Request) -> web.StreamResponse:
         only = request.query.get("service")
         response = web.StreamResponse(
@@ -779,6 +830,40 @@ class Api:
             request,
             lambda _config: dict(previous.config),
             f"rolled back to the config of v{previous.version}",
+        )
+
+    async def route_switch(self, request: web.Request) -> web.StreamResponse:
+        """Admin switches (route on/off, forced fallback, features off): a config version."""
+        name = request.match_info["name"]
+        change, message = gateway_admin.switch(name, await self._body(request))
+        return await self._edit(request, change, message)
+
+    async def breaker_reset(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        gateway_config.route_index((await self._gateway_view())["config"], name)
+        action = gateway_admin.GatewayAction("reset_breaker", route=name)
+        await gateway_admin.request(self.store, action)
+        return web.json_response({"action": action.action, "route": name, "at": action.at})
+
+    async def plugins_reload(self, request: web.Request) -> web.StreamResponse:
+        """Re-import in-process gateway plugins: a config version bumping the generation, so
+        every gateway worker reloads (and disabled plugins start over)."""
+
+        def change(config: dict[str, Any]) -> dict[str, Any]:
+            config["plugins_generation"] = int(config.get("plugins_generation", 0)) + 1
+            return config
+
+        return await self._edit(request, change, "gateway plugins reloaded")
+
+    async def cache_purge(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        route, prefix = str(body.get("route") or ""), str(body.get("prefix") or "")
+        if route:
+            gateway_config.route_index((await self._gateway_view())["config"], route)
+        action = gateway_admin.GatewayAction("purge", route=route, prefix=prefix)
+        await gateway_admin.request(self.store, action)
+        return web.json_response(
+            {"action": action.action, "route": route, "prefix": prefix, "at": action.at}
         )
 
     async def telemetry(self, request: web.Request) -> web.StreamResponse:

@@ -18,8 +18,12 @@ import click
 import yaml
 
 from corral import __version__
+from corral.cli import alerts as alerts_cli
+from corral.cli import cluster as cluster_cli
 from corral.cli import render
+from corral.cli import traffic as traffic_cli
 from corral.cli.gateway import gateway as gateway_group
+from corral.cli.kv import kv as kv_group
 from corral.client import Client
 from corral.errors import CorralError, PlatformUnavailable, UserError
 from corral.home import Home
@@ -27,6 +31,11 @@ from corral.manifest import LoadedManifest, load_manifest
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVER_START_SECONDS = 20.0
+STORE_HELP = (
+    "Where the platform keeps its state: sqlite ($CORRAL_HOME/store.db) or "
+    "etcd://HOST:PORT,HOST:PORT/prefix (prefix optional). Remembered by the home; "
+    "default: the last one."
+)
 
 
 def _home() -> Home:
@@ -86,31 +95,35 @@ def validate(manifest: str) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="API listen address")
 @click.option("--port", default=0, type=int, help="API port (0: a free port)")
-def server(host: str, port: int) -> None:
-    """Run the control plane in the foreground."""
+@click.option("--store", default=None, envvar="CORRAL_STORE", help=STORE_HELP)
+@cluster_cli.server_options
+def server(host: str, port: int, store: str | None = None, **cluster: Any) -> None:
+    """Run the control plane in the foreground (with --cluster: one node of a replicated one)."""
+    if cluster_cli.run_node_if_asked(_home(), host, port, cluster, sys.stderr.isatty()):
+        return
     from corral import server as server_module
 
-    server_module.main(_home(), host, port, foreground=sys.stderr.isatty())
+    server_module.main(_home(), host, port, foreground=sys.stderr.isatty(), store_url=store)
 
 
 def _running_client(home: Home) -> Client | None:
-    url = home.api_url()
-    if url is None or not home.is_locked():
+    urls = home.api_urls()
+    if not urls or not home.is_locked():
         return None
-    client = Client(url, home.token("admin"))
+    client = Client(urls, home.token("admin"))
     return client if client.healthy() else None
 
 
-def ensure_server(home: Home) -> Client:
+def ensure_server(home: Home, store: str | None = None) -> Client:
     """Return a client of this home's control plane, starting one in the background if none
-    is running (it re-adopts whatever instances are still running)."""
+    is running (it re-adopts whatever instances are still running) on ``store`` if given."""
     client = _running_client(home)
     if client is not None:
         return client
     home.create()
     log = open(home.log_file, "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli.main", "server"],
+        [sys.executable, "-m", "corral.cli.main", "server", *(["--store", store] if store else [])],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
@@ -203,13 +216,14 @@ def _endpoints(client: Client) -> list[str]:
 @click.option("-d", "--detach", is_flag=True, help="Return once every service is ready.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for ready.")
 @click.option("-m", "--message", default="", help="Why (recorded with new releases).")
-def up(manifest: str, detach: bool, timeout: float, message: str) -> None:
+@click.option("--store", default=None, help=STORE_HELP + " Used when `up` starts the platform.")
+def up(manifest: str, detach: bool, timeout: float, message: str, store: str | None) -> None:
     """Start the platform if needed, apply MANIFEST, and wait until every service is ready.
 
     In the foreground it follows status live and runs `down` on Ctrl-C."""
     loaded = _load(manifest)
     home = _home()
-    client = ensure_server(home)
+    client = ensure_server(home, store)
     result = client.request("POST", "/apply", _manifest_body(loaded, message))
     _print_apply(result)
     if detach:
@@ -527,6 +541,11 @@ def schema() -> None:
 
 
 cli.add_command(gateway_group)
+cli.add_command(cluster_cli.cluster)
+cli.add_command(kv_group)
+cli.add_command(alerts_cli.alerts)
+cli.add_command(alerts_cli.changes)
+cli.add_command(alerts_cli.capacity)
 
 
 @cli.command()
@@ -623,6 +642,9 @@ def route_rollback() -> None:
     """Return the gateway to its previous config version (as a new version)."""
     result = _client().request("POST", "/gateway/rollback")
     render.out.print(f"gateway config v{result['version']}")
+
+
+traffic_cli.register(route, _client)
 
 
 @cli.command()

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from corral.errors import CorralError, ManifestError
@@ -29,13 +30,15 @@ def error(exc: CorralError) -> None:
     if isinstance(exc, ManifestError):
         err.print(f"[bold red]error:[/] {exc.problems and 'the manifest is invalid'}")
         for problem in exc.problems:
-            err.print(f"  [red]✗[/] [bold]{problem.path or '(top)'}[/]: {problem.message}")
+            where = escape(problem.path or "(top)")
+            err.print(f"  [red]✗[/] [bold]{where}[/]: {escape(problem.message)}")
             if problem.hint:
-                err.print(f"      [dim]hint: {problem.hint}[/]")
+                err.print(f"      [dim]hint: {escape(problem.hint)}[/]")
         return
-    err.print(f"[bold red]error:[/] {exc.message}", markup=True)
+    # Messages quote user input and server logs: text like "[/x]" must print, not parse.
+    err.print(f"[bold red]error:[/] {escape(exc.message)}")
     if exc.hint:
-        err.print(f"  [dim]hint: {exc.hint}[/]")
+        err.print(f"  [dim]hint: {escape(exc.hint)}[/]")
 
 
 def duration(seconds: float | None) -> str:

@@ -40,9 +40,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from corral.errors import UserError
 from corral.manifest.expand import unclosed_reference
 from corral.manifest.graph import DependencyGraph
 from corral.manifest.units import UnitError, parse_duration, parse_size
+from corral.telemetry import retention
 
 __all__ = [
     "SCALE_LIMIT",
@@ -58,6 +60,7 @@ __all__ = [
     "SecretRef",
     "Service",
     "Stop",
+    "Telemetry",
     "Update",
     "manifest_json_schema",
     "port_env_var",
@@ -583,6 +586,14 @@ class Disruption(_Model):
     )
 
 
+class Telemetry(_Model):
+    auto_instrument: bool = Field(
+        default=True,
+        description="Python services get OpenTelemetry auto-instrumentation (HTTP server and "
+        "client, sqlite3 spans) with no code of their own; false turns it off",
+    )
+
+
 class Resources(_Model):
     cpu: Cpu | None = Field(
         default=None, description="CPU quota in cores (0.5) or millicores (500m)"
@@ -785,6 +796,7 @@ class Service(_Model):
         default=None,
         description="scale between instances.min and instances.max following a metric",
     )
+    telemetry: Telemetry = Field(default_factory=Telemetry)
 
     @field_validator("autoscale")
     @classmethod
@@ -849,6 +861,207 @@ class Service(_Model):
         return next(iter(self.ports), None)
 
 
+class Dashboard(_Model):
+    """The web dashboard the API serves at `/`."""
+
+    public: bool = Field(
+        default=False,
+        description=(
+            "true: the dashboard's read-only views open without the read token "
+            "(logs, backups and every change still need a token)"
+        ),
+    )
+
+
+# --- alerts and webhooks (the alert core is corral.telemetry.alerts) ---------------------------
+
+AlertKind = Literal[
+    "slo_burn",
+    "error_rate",
+    "latency",
+    "instance_failed",
+    "host_down",
+    "disk_headroom",
+    "memory_headroom",
+]
+_ALERT_THRESHOLD = {  # kind → (default, how it is written)
+    "slo_burn": (14.4, "a burn rate: 14.4 spends 2 % of a 30-day budget in an hour"),
+    "error_rate": (0.05, "a fraction of calls: 5% or 0.05"),
+    "latency": (1.0, "a duration: 300ms"),
+    "instance_failed": (0.0, "no threshold: an instance in `failed` fires"),
+    "host_down": (60.0, "a duration without a host sample: 1m"),
+    "disk_headroom": (0.1, "the free fraction below which it fires: 10%"),
+    "memory_headroom": (0.1, "the free fraction below which it fires: 10%"),
+}
+
+
+def _fraction(value: object, what: str) -> float:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        text = value.strip()[:-1].strip()
+        try:
+            return float(text) / 100
+        except ValueError:
+            raise problem(f"{value!r} is not a percentage", f"write {what}") from None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise problem(f"expected {what}, got {describe(value)}", "e.g. 5% or 0.05")
+
+
+class AlertRule(_Model):
+    """One alert rule; a rule named like a default (slo-burn-page, slo-burn-ticket,
+    instance-failed) replaces it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: ServiceName = Field(description="unique among the rules; names the alert")
+    kind: AlertKind = Field(description="what is measured")
+    service: ServiceName | None = Field(
+        default=None, description="error_rate, latency, instance_failed: only this service"
+    )
+    route: str | None = Field(default=None, description="slo_burn: only this gateway route")
+    threshold: Annotated[float | str | None, Field(validate_default=True)] = Field(
+        default=None,
+        description="slo_burn: burn rate (14.4); error_rate: 5%; latency: 300ms; host_down: "
+        "1m without a sample; disk/memory_headroom: free fraction (10%)",
+    )
+    window: PositiveDuration | None = Field(
+        default=None, description="error_rate, latency: 5m; slo_burn: the long window (1h)"
+    )
+    short_window: PositiveDuration | None = Field(
+        default=None, description="slo_burn: the short window (window / 12)"
+    )
+    for_: Duration = Field(
+        default=0.0, alias="for", description="the condition must hold this long to fire"
+    )
+    keep_firing_for: Duration = Field(
+        default=0.0, description="the condition must be clear this long to resolve"
+    )
+    quantile: Annotated[float | str | None, Field(validate_default=False)] = Field(
+        default=None, description="latency: p50, p95 (default), p99 or 0.95"
+    )
+    min_calls: PositiveInt = Field(
+        default=10, description="error_rate, latency: fewer calls in the window say nothing"
+    )
+    hysteresis: Annotated[float | str, Field(validate_default=True)] = Field(
+        default=0.1, description="clears only this fraction beyond the threshold (10%)"
+    )
+    severity: Literal["page", "ticket", "info"] = Field(default="page")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: object, info: ValidationInfo) -> float:
+        kind = info.data.get("kind")
+        default, how = _ALERT_THRESHOLD.get(str(kind), (0.0, "a number"))
+        if value is None:
+            return default
+        if kind in ("latency", "host_down"):
+            return _duration(value)
+        if kind in ("error_rate", "disk_headroom", "memory_headroom"):
+            fraction = _fraction(value, how)
+            if not 0 < fraction < 1:
+                raise problem(f"{value!r} is not between 0% and 100%", f"write {how}")
+            return fraction
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        raise problem(f"expected {how}, got {describe(value)}", f"write {how}")
+
+    @field_validator("quantile", mode="before")
+    @classmethod
+    def _quantile(cls, value: object, info: ValidationInfo) -> float | None:
+        if value is None:
+            return None
+        if info.data.get("kind") != "latency":
+            raise problem("quantile applies to latency rules only", "remove it, or kind: latency")
+        if isinstance(value, str) and re.fullmatch(r"p\d{1,2}(\.\d+)?", value.strip()):
+            return float(value.strip()[1:]) / 100
+        if isinstance(value, float) and 0 < value < 1:
+            return value
+        raise problem(f"invalid quantile {describe(value)}", "write p50, p95, p99 or 0.95")
+
+    @field_validator("hysteresis", mode="before")
+    @classmethod
+    def _hysteresis(cls, value: object) -> float:
+        fraction = _fraction(value, "a fraction of the threshold: 10%")
+        if not 0 <= fraction < 1:
+            raise problem(f"{value!r} is not between 0% and 100%", "e.g. 10%")
+        return fraction
+
+    @field_validator("route")
+    @classmethod
+    def _route_only_for_slo(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("kind") != "slo_burn":
+            raise problem("route applies to slo_burn rules only", "use service: for this kind")
+        return value
+
+
+class Alerts(_Model):
+    """Alert rules, evaluated by the control plane every `interval`."""
+
+    interval: PositiveDuration = Field(default=10.0, description="how often rules are evaluated")
+    defaults: bool = Field(
+        default=True,
+        description="include the built-in rules: SLO burn (page 1h+5m over 14.4, ticket "
+        "6h+30m over 6) and instance-failed",
+    )
+    rules: list[AlertRule] = Field(default_factory=list)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique(cls, rules: list[AlertRule]) -> list[AlertRule]:
+        seen: set[str] = set()
+        for i, rule in enumerate(rules):
+            if rule.name in seen:
+                raise problem(
+                    f"rules[{i}]: the name {rule.name!r} is used twice", "give each rule its name"
+                )
+            seen.add(rule.name)
+        return rules
+
+
+def _webhook_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
+        raise problem(f"{value!r} is not an http(s) URL", "e.g. https://hooks.example.com/corral")
+    return value
+
+
+class Webhook(_Model):
+    """Where alerts go: a POST of JSON per firing and resolution, retried with backoff."""
+
+    name: ServiceName = Field(description="names the webhook in events")
+    url: Annotated[str, AfterValidator(_webhook_url)] = Field(description="http(s) URL")
+    secret: SecretRef | None = Field(
+        default=None,
+        description="signs each body: X-Corral-Signature-256: sha256=HMAC-SHA256(secret, body)",
+    )
+    timeout: PositiveDuration = Field(default=5.0, description="per attempt")
+    attempts: Annotated[int, Field(ge=1, le=20)] = Field(
+        default=5, description="tries per alert, with exponential backoff between them"
+    )
+
+
+def _unique_webhooks(hooks: list[Webhook]) -> list[Webhook]:
+    names = [h.name for h in hooks]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise problem(f"[{i}]: the name {name!r} is used twice", "give each webhook its name")
+    return hooks
+
+
+def _retention(value: str) -> str:
+    try:
+        retention.parse_tiers(value)
+    except UserError as error:
+        raise problem(error.message, error.hint) from None
+    return value
+
+
+class Metrics(_Model):
+    retention: Annotated[str, AfterValidator(_retention)] = Field(
+        default=retention.format_tiers(retention.DEFAULT_TIERS),
+        description="RESOLUTION:KEEP per tier of the embedded time series, finest first",
+    )
+
+
 class Manifest(_Model):
     """A Corral manifest (v1): services to run, and optionally the gateway's configuration."""
 
@@ -865,6 +1078,16 @@ class Manifest(_Model):
     gateway: dict[str, Any] | None = Field(
         default=None, description="the gateway's declared configuration (routes, listen, …)"
     )
+    dashboard: Dashboard | None = Field(default=None, description="the web dashboard's settings")
+    alerts: Alerts = Field(
+        default_factory=Alerts, description="alert rules (SLO burn and failed instances by default)"
+    )
+    webhooks: Annotated[list[Webhook], AfterValidator(_unique_webhooks)] = Field(
+        default_factory=list, description="where firing and resolved alerts are POSTed"
+    )
+    metrics: Metrics = Field(
+        default_factory=Metrics, description="how long the embedded time series keeps metrics"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -873,6 +1096,40 @@ class Manifest(_Model):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if not (isinstance(k, str) and k[:2] == "x-")}
         return data
+
+    @model_validator(mode="after")
+    def _slo_windows_are_kept(self) -> Manifest:
+        # An SLO over a window longer than the metrics are kept could never be measured.
+        routes = (self.gateway or {}).get("routes")
+        tiers = retention.parse_tiers(self.metrics.retention)
+        for i, route in enumerate(routes if isinstance(routes, list) else []):
+            slo = route.get("slo") if isinstance(route, dict) else None
+            window = slo.get("window") if isinstance(slo, dict) else None
+            if window is None:
+                continue
+            try:
+                seconds = parse_duration(window)
+            except UnitError:
+                continue  # the gateway's own validation reports a malformed window
+            why = retention.window_problem(seconds, tiers)
+            if why:
+                raise problem(
+                    f"gateway.routes[{i}].slo.window: {why}",
+                    "shorten the window, or keep metrics longer with metrics.retention "
+                    "(its last tier's KEEP)",
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _alert_services_exist(self) -> Manifest:
+        for i, rule in enumerate(self.alerts.rules):
+            if rule.service is not None and rule.service not in self.services:
+                hint = _did_you_mean(rule.service, sorted(self.services))
+                raise problem(
+                    f"alerts.rules[{i}].service: no service named {rule.service!r}",
+                    hint or "name a service of this manifest, or leave service out for all",
+                )
+        return self
 
     def graph(self) -> DependencyGraph:
         return DependencyGraph({name: list(s.depends_on) for name, s in self.services.items()})

@@ -6,7 +6,10 @@
          | dependencies        the Zipkin v2 query API, so Zipkin UIs and tools work unchanged
     GET  /telemetry/trace/{id} | traces | dependencies | latency | top | slow-sql   JSON queries
     GET  /telemetry/slo | impact | hosts     SLO status per route, impact analysis, host metrics
-    GET  /health  /metrics
+    GET  /telemetry/signals      per-minute series for the control plane's alert rules
+    GET  /health  /metrics      /metrics: OpenMetrics when the scraper's Accept asks for it
+    POST /telemetry/samples     process metrics pushed by node agents → the embedded time series
+    GET  /telemetry/metrics     one metric's series, downsampled to a step (``metrics_api``)
 
 Ingest is decoupled from the store: a handler decodes (a malformed body is a 400 and nothing of
 it is kept), puts the spans on a bounded queue and answers; one writer drains the queue in
@@ -49,7 +52,8 @@ from corral.errors import CorralError, Forbidden, NotFound, Unauthorized, UserEr
 from corral.gateway.config import GatewayConfig, validate_gateway_data
 from corral.home import Home
 from corral.store.remote import RemoteStore
-from corral.telemetry import impact, otlp, queries, slo_report, zipkin
+from corral.telemetry import impact, otlp, queries, signals, slo_report, zipkin
+from corral.telemetry.exposition import content_type, to_openmetrics, wants_openmetrics
 from corral.telemetry.hostmetrics import (
     FIELDS,
     MAX_INSTANCES,
@@ -58,15 +62,18 @@ from corral.telemetry.hostmetrics import (
     SeriesRetention,
     exposition,
 )
+from corral.telemetry.metrics_api import MetricsKeeper
 from corral.telemetry.model import Facts, Span
 from corral.telemetry.normalize import Normalizer
+from corral.telemetry.retention import DEFAULT_TIERS, Tier, parse_tiers
 from corral.telemetry.rollup import Cell, Key, Linker, accumulate
 from corral.telemetry.store import Retention, SpanStore, SqliteSpanStore, TraceQuery
+from corral.telemetry.tsdb import TimeSeriesDB
 
 log = logging.getLogger("corral.telemetry")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-INGEST_PATHS = frozenset({"/api/v2/spans", "/v1/traces"})
+INGEST_PATHS = frozenset({"/api/v2/spans", "/v1/traces", "/telemetry/samples"})
 OPEN_PATHS = frozenset({"/health"})
 STORE_BACKOFF_S = 1.0  # after a failed write, refuse ingest (503) this long, then try again
 GATEWAY_CONFIG_KEY = model.PREFIX + "gateway/config"  # as corral.gateway.platform.CONFIG_KEY
@@ -82,6 +89,7 @@ class CollectorConfig:
     prune_every_s: float = 60.0
     retention: Retention = field(default_factory=Retention)
     host_metrics: SeriesRetention = field(default_factory=SeriesRetention)
+    metrics_retention: tuple[Tier, ...] = DEFAULT_TIERS  # the embedded time series (tsdb)
 
 
 class Ingestor:
@@ -163,8 +171,10 @@ class Collector:
         gateway_config: GatewaySource | None = None,
         series: HostSeries | None = None,
         disk_path: str | Path = "/",
+        tsdb: TimeSeriesDB | None = None,
     ) -> None:
         self.store = store
+        self.keeper = MetricsKeeper(tsdb) if tsdb is not None else None
         self.tokens = tokens
         self.config = config or CollectorConfig()
         self.gateway_config = gateway_config
@@ -210,8 +220,11 @@ class Collector:
         r.add_get("/telemetry/slo", self.q_slo)
         r.add_get("/telemetry/impact", self.q_impact)
         r.add_get("/telemetry/hosts", self.q_hosts)
+        r.add_get("/telemetry/signals", self.q_signals)
         r.add_get("/health", self.health)
         r.add_get("/metrics", self.metrics)
+        r.add_post("/telemetry/samples", self.post_samples)
+        r.add_get("/telemetry/metrics", self.q_metrics)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -254,6 +267,8 @@ class Collector:
         self._metrics_pool.shutdown()
         if self.series is not None:
             self.series.close()
+        if self.keeper is not None:
+            self.keeper.tsdb.close()
 
     async def drained(self) -> None:
         """Wait until everything accepted so far is stored (tests, benchmarks)."""
@@ -302,6 +317,10 @@ class Collector:
                 last_prune = clock.monotonic()
                 now_us = int(clock.wall() * 1_000_000)
                 await loop.run_in_executor(self._writer_pool, self.store.prune, now_us)
+                if self.keeper is not None:
+                    await loop.run_in_executor(
+                        self._metrics_pool, self.keeper.tsdb.maintain, clock.wall()
+                    )
 
     def sample_host(self) -> None:
         """Take one host sample now (the sampler's step; tests call it directly)."""
@@ -562,6 +581,27 @@ class Collector:
             }
         )
 
+    async def q_signals(self, request: web.Request) -> web.Response:
+        """Per-minute series for the control plane's alert rules and "what changed" view."""
+        now_us = _int(request.query, "end", int(clock.wall() * 1_000_000))
+        minutes = _int(request.query, "minutes", 15)
+        service = request.query.get("service", "")
+        routes: list[slo_report.RouteObjectives] = []
+        if request.query.get("slo", "1") != "0" and self.gateway_config is not None:
+            config = await self.gateway_config()
+            routes = slo_report.objectives_of(config) if config is not None else []
+        series = self.series
+
+        def run() -> signals.Signals:
+            return signals.Signals(
+                minute=now_us // 60_000_000,
+                services=signals.services(self.store, now_us, minutes, service),
+                objectives=signals.objectives(self.store, routes, now_us),
+                hosts=signals.hosts(series, now_us // 1_000_000) if series is not None else None,
+            )
+
+        return _json_response(await self._run(run))
+
     async def health(self, request: web.Request) -> web.Response:
         return _json_response({"ok": not self._store_error, "pending": self._pending})
 
@@ -592,7 +632,33 @@ class Collector:
             ]
         if self.series is not None and self.sampler is not None:
             lines += exposition(self.host, self.series.latest.get(self.host), self.sampler.counters)
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        if self.keeper is not None:
+            lines += self.keeper.lines(clock.wall())
+        openmetrics = wants_openmetrics(request.headers.get("Accept"))
+        text = to_openmetrics(lines) if openmetrics else "\n".join(lines) + "\n"
+        return web.Response(body=text.encode(), headers={"Content-Type": content_type(openmetrics)})
+
+    def _keeper(self) -> MetricsKeeper:
+        if self.keeper is None:
+            raise NotFound(
+                "this collector keeps no metric time series",
+                "run it with a home (python -m corral.telemetry.collector --home DIR)",
+            )
+        return self.keeper
+
+    async def post_samples(self, request: web.Request) -> web.Response:
+        """Process metrics pushed by a node agent (``corral.agent.metrics_loop``)."""
+        keeper = self._keeper()
+        body = await request.read()
+        loop = asyncio.get_running_loop()
+        kept = await loop.run_in_executor(self._metrics_pool, keeper.ingest, body, clock.wall())
+        return _json_response({"kept": kept})
+
+    async def q_metrics(self, request: web.Request) -> web.Response:
+        """``?name=&since=&until=|minutes=&step=&agg=&<label>=<value>``: one metric's series."""
+        keeper = self._keeper()
+        query = dict(request.query)
+        return _json_response(await self._run(keeper.query, query, int(clock.wall())))
 
 
 def _refuse(status: int, message: str, count: int) -> web.Response:
@@ -683,6 +749,7 @@ async def serve(home: Home, host: str, port: int, config: CollectorConfig | None
         gateway_config=store_gateway_config(home),
         series=HostSeries(path.parent / "metrics.db", config.host_metrics),
         disk_path=home.path,
+        tsdb=TimeSeriesDB(path.parent / "tsdb.db", config.metrics_retention),
     )
     url = await collector.start(host, port)
     home.write_atomic("collector", url + "\n")
@@ -704,9 +771,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", default=None, help="$CORRAL_HOME (default: the environment's)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--metrics-retention",
+        default="",
+        help="RESOLUTION:KEEP per tier, finest first (default 10s:24h,1m:7d,1h:90d)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(Home.resolve(args.home), args.host, args.port))
+    config = CollectorConfig()
+    if args.metrics_retention:
+        config = CollectorConfig(metrics_retention=parse_tiers(args.metrics_retention))
+    asyncio.run(serve(Home.resolve(args.home), args.host, args.port, config))
 
 
 if __name__ == "__main__":
