@@ -9,7 +9,9 @@ Every system runs as three processes on 127.0.0.1 with fsync on, driven by one a
 - the Raft store: ``bench/raft_vs_etcd.py``'s node (``RaftStore.txn`` behind ``POST /put``),
   writes to the leader;
 - etcd 3.4 through its v3 HTTP/JSON gateway, writes to the leader (skipped if absent).
-Figures: sequential put and get p50/p99; put throughput and p99 at 64 clients; then with one
+Figures: sequential put and get p50/p99; server CPU per operation (every server process's
+CPU time from /proc over the phase ÷ operations — wall-clock figures are noisy on a shared
+machine, CPU per op is not); put throughput and p99 at 64 clients; then with one
 AP-store replica SIGKILLed, the same load: write success rate and p99 against the healthy run.
 Targets (issue 9): put/get p50 ≤ 1.4 ms; ≥ 5k ops/s at 64 clients and ≥ 0.7× etcd; one replica
 down: 100 % of W=2 writes succeed, p99 ≤ 2× healthy.
@@ -21,6 +23,7 @@ import argparse
 import asyncio
 import base64
 import itertools
+import os
 import shutil
 import sys
 import tempfile
@@ -46,6 +49,20 @@ from corral.kv.testing import LocalCluster
 _ids = itertools.count()
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (``/proc/PID/stat``): unlike
+    wall-clock figures, robust to other load on a shared machine."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # a killed node: its time so far is lost, which undercounts slightly
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class System:
     name: str
@@ -53,6 +70,11 @@ class System:
     put: Callable[[aiohttp.ClientSession, str, str], object]
     get: Callable[[aiohttp.ClientSession, str, str], object] | None = None
     errors: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)  # the system's server processes
+    cpu_per_op: dict[str, float] = field(default_factory=dict)  # seconds, all servers summed
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pids)
 
 
 async def _check(response: aiohttp.ClientResponse, ok: tuple[int, ...]) -> None:
@@ -94,16 +116,20 @@ async def sequential(
     for key in keys[:50]:
         await system.put(session, url, key)  # type: ignore[misc]  # an awaitable
     puts: list[float] = []
+    cpu = system.cpu()
     for key in keys:
         t = time.perf_counter()
         await system.put(session, url, key)  # type: ignore[misc]  # an awaitable
         puts.append(time.perf_counter() - t)
+    system.cpu_per_op["put"] = (system.cpu() - cpu) / count
     gets: list[float] = []
     if system.get is not None:
+        cpu = system.cpu()
         for key in keys:
             t = time.perf_counter()
             await system.get(session, url, key)  # type: ignore[misc]  # an awaitable
             gets.append(time.perf_counter() - t)
+        system.cpu_per_op["get"] = (system.cpu() - cpu) / count
     return puts, gets
 
 
@@ -130,8 +156,10 @@ async def load(
             latencies.append(time.perf_counter() - t)
 
     start = time.monotonic()
+    cpu = system.cpu()
     await asyncio.gather(*(writer(i) for i in range(clients)))
     elapsed = time.monotonic() - start
+    system.cpu_per_op[f"put@{clients}"] = (system.cpu() - cpu) / max(1, len(latencies))
     return len(latencies) / elapsed, pct(latencies, 0.99), len(latencies), failed
 
 
@@ -152,6 +180,8 @@ async def measure(
         fig["64 clients ops/s"] = ops
         fig["64 clients p99 ms"] = p99 * 1000
         fig["64 clients failed"] = failed
+        for what, seconds in system.cpu_per_op.items():
+            fig[f"cpu/{what} ms"] = seconds * 1000
         if kill is not None:
             kill()
             ops, p99, ok, failed = await load(session, system, 64, args.seconds)
@@ -177,7 +207,8 @@ def run_kv(args: argparse.Namespace) -> dict[str, float]:
         cluster.wait_ready(timeout=30)
         urls = [f"http://{h}" for h in cluster.http]
         # the writers stay on n1 and n2 so the killed replica is never their coordinator
-        system = System("kv", urls[:2], kv_put, kv_get)
+        pids = [p.pid for p in cluster.procs if p is not None]
+        system = System("kv", urls[:2], kv_put, kv_get, pids=pids)
 
         def kill() -> None:
             cluster.kill(2)
@@ -200,7 +231,8 @@ def run_leader_based(
         assert isinstance(cluster, CorralCluster | EtcdCluster)
         leader = asyncio.run(raft_ready(cluster))
         getter = etcd_get if isinstance(cluster, EtcdCluster) else None
-        system = System(name, [leader], json_put(cluster), getter)
+        pids = [p.pid for p in cluster.procs if p is not None]
+        system = System(name, [leader], json_put(cluster), getter, pids=pids)
         fig = asyncio.run(measure(system, args))
         if system.errors:
             print(f"{name}: first errors: {system.errors[:2]}")
@@ -231,7 +263,8 @@ def main() -> None:
         + " ".join(f"{n:>9} {'kv/' + n:>8}" for n in results if n != "kv")
     )
     for key in ("put p50 ms", "put p99 ms", "get p50 ms", "get p99 ms", "64 clients ops/s",
-                "64 clients p99 ms", "64 clients failed"):  # fmt: skip
+                "64 clients p99 ms", "64 clients failed", "cpu/put ms", "cpu/get ms",
+                "cpu/put@64 ms"):  # fmt: skip
         row = f"{key:22} {kv.get(key, float('nan')):9.3g} "
         for name, fig in results.items():
             if name == "kv":

@@ -1,11 +1,13 @@
 """The AP store as running processes: 3 nodes on loopback, N=3, R=W=2 (issue 9).
 
 Each test starts its own cluster (``corral kv serve`` ×3 with the TEST membership preset) and
-kills it at the end. Faults are real: SIGKILL, SIGSTOP.
+kills it at the end; the HTTP framing test runs one node in-process. Faults are real: SIGKILL,
+SIGSTOP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 from collections.abc import Iterator
@@ -14,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from corral.errors import UserError
-from corral.kv.testing import LocalCluster, wait_for
+from corral.kv.coordinator import Quorum
+from corral.kv.http import HttpProtocol
+from corral.kv.node import KvNode, NodeConfig
+from corral.kv.testing import LocalCluster, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,3 +137,38 @@ def test_a_delete_is_not_resurrected_by_anti_entropy_from_a_stale_replica(
         for i in range(3):
             assert not cluster.client(i).get("carts", "carol", r=3).found
         assert cluster.status(0)["hints_pending"] >= 1  # handoff did not do it
+
+
+async def test_the_http_api_answers_pipelined_chunked_and_closing_requests_in_order(
+    tmp_path: Path,
+) -> None:
+    """The node speaks HTTP/1.1 itself: the framing clients rely on, on one in-process node."""
+    node = KvNode(
+        NodeConfig(
+            "solo", tmp_path, http=f"127.0.0.1:{free_port()}", peer=f"127.0.0.1:{free_port()}",
+            quorum=Quorum(1, 1, 1), membership="test",
+        )
+    )  # fmt: skip
+    await node.start()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: HttpProtocol(node), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"PUT /kv/carts/a%2Fb HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+            b"GET /kv/carts/a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /kv/carts/absent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answers = (await asyncio.wait_for(reader.read(), 5)).split(b"HTTP/1.1 ")[1:]
+        writer.close()
+        assert [a[:3] for a in answers] == [b"204", b"200", b"404", b"404"]
+        assert b"X-Kv-Context: " in answers[0] and b"Content-Length" not in answers[0]
+        assert answers[1].endswith(b"\r\n\r\nabcde")  # the chunked body, de-chunked
+        assert b"no route GET /nowhere" in answers[2]
+        assert b"Connection: close" in answers[3]  # and the server closed: read() returned
+    finally:
+        server.close()
+        await node.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,22 @@ def test_objects_cross_the_wire_without_their_local_actor() -> None:
     obj = versions.Versioned(obj.siblings, obj.context, "n1.1")
     back = from_wire(to_wire(obj))
     assert back == obj and back.actor == ""
+
+
+async def test_concurrent_writers_share_one_commit_and_all_are_durable_after_it(
+    tmp_path: Path,
+) -> None:
+    storage = KvStorage(tmp_path, "n1")
+    first = storage.durable()  # nothing stored: already durable
+    assert first.done()
+    before = storage.commits
+    for i in range(20):
+        storage.store(f"b/k{i}", versions.write(EMPTY, (), "n1.1", b"v", 1.0))
+    waiters = [storage.durable() for _ in range(20)]
+    assert len({id(w) for w in waiters}) == 1  # one group commit for all of them
+    await asyncio.gather(*waiters)
+    assert storage.commits == before + 1
+    storage.close()
+    again = KvStorage(tmp_path, "n1")
+    assert len(list(again.keys())) == 20
+    again.close()

@@ -258,6 +258,7 @@ class Agent:
         if spec.ordinal is not None:
             platform["DATA_DIR"] = str(self.home.data_dir(spec.id))
             platform["CORRAL_ORDINAL"] = str(spec.ordinal)
+            platform.update(self._peer_env(spec))
         platform.update(await self._dependency_env(release_spec))
         env.update(platform)
         for key, value in dict(release_spec.get("env") or {}).items():
@@ -273,6 +274,22 @@ class Agent:
                 env[key] = expand(_env_text(value), env)
         env.update(platform)  # the platform's own variables cannot be overridden
         return env
+
+    def _peer_env(self, spec: model.InstanceSpec) -> dict[str, str]:
+        """``PEERS_<NAME>``: port NAME of the service's other pets, as ``host:port,…``, so the
+        nodes of a data service (``kind: kv``) can find each other whatever order they start in."""
+        others = sorted(
+            (s for s in self.specs.values() if s.service == spec.service and s.id != spec.id),
+            key=lambda s: s.id,
+        )
+        return {
+            f"PEERS_{name.upper().replace('-', '_')}": ",".join(
+                f"127.0.0.1:{s.ports[name]}"
+                for s in others
+                if s.ordinal is not None and name in s.ports
+            )
+            for name in spec.ports
+        }
 
     def _telemetry_env(self, spec: model.InstanceSpec) -> dict[str, str]:
         """OpenTelemetry settings pointing at the platform's collector, with the resource

@@ -31,7 +31,12 @@ def kv() -> None:
     show_default=True,
     help="host:port for other nodes: TCP replication and UDP gossip on the same port",
 )
-@click.option("--join", "joins", multiple=True, help="--peer address of a member (repeatable)")
+@click.option(
+    "--join",
+    "joins",
+    multiple=True,
+    help="--peer address of a member (repeatable, or comma-separated; empty: start alone)",
+)
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="data directory")
 @click.option("--n", "n", default=3, show_default=True, help="replicas per key")
 @click.option("--r", "r", default=2, show_default=True, help="replies a read waits for")
@@ -74,7 +79,8 @@ def serve(
         data_dir=Path(data_dir),
         http=listen,
         peer=peer,
-        join=joins,
+        # The platform passes its pets' list as one word, empty for the first node.
+        join=tuple(a for word in joins for a in word.split(",") if a),
         quorum=quorum,
         vnodes=vnodes,
         conflicts="lww" if conflicts == "lww" else "siblings",

@@ -1,4 +1,4 @@
-"""The HTTP API of an AP-store node (aiohttp), and ``serve`` to run a node until a signal.
+"""The HTTP API of an AP-store node, and ``serve`` to run a node until a signal.
 
     GET    /kv/{bucket}/{key}[?r=N]   200 value | 300 siblings (JSON) | 404;  X-Kv-Context
     PUT    /kv/{bucket}/{key}[?w=N]   body = value; send X-Kv-Context from your last read
@@ -11,6 +11,12 @@ one value remains, 300 with every sibling when concurrent writes left several (t
 then seen them all, and its next write with that context collapses them). Errors are
 ``{code, message, hint}`` with the error's status (503 ``no_quorum`` when R or W replicas do
 not answer in time).
+
+Why not aiohttp: a put's own work (a version, a few replica frames) costs less CPU than
+aiohttp's request and response objects, routing and middleware, so the node speaks HTTP/1.1
+itself — an ``asyncio.Protocol`` over httptools' parser (the C parser aiohttp uses too).
+Requests on one connection are answered in order, one at a time (HTTP/1.1 pipelining);
+keep-alive follows the request; request bodies may be chunked (the parser de-chunks them).
 """
 
 from __future__ import annotations
@@ -18,30 +24,65 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import signal
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import parse_qsl, unquote
 
-from aiohttp import web
+import httptools
 
 from corral.consensus.transport import split_address
-from corral.errors import CorralError, UserError
+from corral.errors import CorralError, NotFound, UserError
 from corral.kv.coordinator import InvalidQuorum
 from corral.kv.node import KvNode, NodeConfig
 from corral.kv.versions import Versioned, context_of
 from corral.kv.wire import CONTEXT_HEADER, SIBLINGS_TYPE, decode_context, encode_context
 
-NODE: web.AppKey[KvNode] = web.AppKey("kv_node", KvNode)
+MAX_BODY = 16 << 20
+_CONTEXT = CONTEXT_HEADER.lower().encode()
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_JSON = "application/json"
 
 
-def _key(request: web.Request) -> str:
-    bucket, key = request.match_info["bucket"], request.match_info["key"]
-    if not bucket or not key:
-        raise UserError("kv: bucket and key must not be empty", "use /kv/BUCKET/KEY")
-    return f"{bucket}/{key}"
+class Response:
+    __slots__ = ("body", "content_type", "context", "status")
+
+    def __init__(
+        self, status: int, body: bytes = b"", content_type: str = "", context: str = ""
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.context = context
+
+    def encode(self, keep_alive: bool) -> bytes:
+        head = [b"HTTP/1.1 %d %s\r\n" % (self.status, _REASONS.get(self.status, b"Unknown"))]
+        if self.status != 204:  # RFC 9110 §8.6: a 204 carries no Content-Length
+            head.append(b"Content-Length: %d\r\n" % len(self.body))
+        if self.content_type:
+            head.append(b"Content-Type: %s\r\n" % self.content_type.encode())
+        if self.context:
+            head.append(b"X-Kv-Context: %s\r\n" % self.context.encode())
+        if not keep_alive:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        head.append(self.body)
+        return b"".join(head)
 
 
-def _override(request: web.Request, name: str, default: int, n: int) -> int:
-    raw = request.query.get(name)
+def _json(status: int, body: Any, context: str = "", content_type: str = _JSON) -> Response:
+    return Response(status, json.dumps(body).encode(), content_type, context)
+
+
+def _error(exc: CorralError) -> Response:
+    return _json(exc.status, exc.to_dict())
+
+
+def _override(query: dict[str, str], name: str, default: int, n: int) -> int:
+    raw = query.get(name)
     if raw is None:
         return default
     try:
@@ -56,88 +97,179 @@ def _override(request: web.Request, name: str, default: int, n: int) -> int:
     return value
 
 
-def _answer(obj: Versioned, write: bool) -> web.Response:
-    headers = {CONTEXT_HEADER: encode_context(context_of(obj))} if not obj.empty else {}
+def answer(obj: Versioned, write: bool) -> Response:
+    context = encode_context(context_of(obj)) if not obj.empty else ""
     values = obj.values
     if len(values) > 1:
         body = {"siblings": [base64.b64encode(v).decode() for v in values]}
-        return web.json_response(body, status=300, headers=headers, content_type=SIBLINGS_TYPE)
+        return _json(300, body, context, SIBLINGS_TYPE)
     if write:
-        return web.Response(status=204, headers=headers)
+        return Response(204, context=context)
     if not values:
         error = {"code": "not_found", "message": "no value for this key", "hint": ""}
-        return web.json_response(error, status=404, headers=headers)
-    return web.Response(body=values[0], headers=headers, content_type="application/octet-stream")
+        return _json(404, error, context)
+    return Response(200, values[0], "application/octet-stream", context)
 
 
-@web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except CorralError as exc:
-        return web.json_response(exc.to_dict(), status=exc.status)
+class Request:
+    __slots__ = ("body", "context", "keep_alive", "method", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.method = b""
+        self.context: str | None = None
+        self.body: list[bytes] = []
+        self.keep_alive = True
 
 
-async def _get(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    q = node.quorum
-    obj = await node.get(_key(request), _override(request, "r", q.r, q.n))
-    return _answer(obj, write=False)
+def route(node: KvNode, req: Request) -> Response | Awaitable[Response]:
+    """The response, or an awaitable of it for the calls that wait for replicas."""
+    url = httptools.parse_url(req.url)
+    path: bytes = url.path
+    method = req.method
+    if path.startswith(b"/kv/"):
+        bucket, _, rest = path[4:].partition(b"/")
+        if not bucket or not rest:
+            raise UserError("kv: bucket and key must not be empty", "use /kv/BUCKET/KEY")
+        key = f"{unquote(bucket.decode())}/{unquote(rest.decode())}"
+        query = dict(parse_qsl(url.query.decode())) if url.query else {}
+        q = node.quorum
+        if method == b"GET":
+            return _read(node, key, _override(query, "r", q.r, q.n))
+        if method in (b"PUT", b"POST", b"DELETE"):
+            w = _override(query, "w", q.w, q.n)
+            value = None if method == b"DELETE" else b"".join(req.body)
+            return _write(node, key, value, decode_context(req.context), w)
+        return _json(405, {"code": "method_not_allowed", "message": f"{method.decode()} "
+                           f"is not a kv method", "hint": "use GET, PUT or DELETE"})  # fmt: skip
+    if path == b"/health" and method == b"GET":
+        return _json(200, {"status": "ok", "name": node.name})
+    if path == b"/kv-admin/status" and method == b"GET":
+        return _json(200, node.status())
+    raise NotFound(
+        f"kv node {node.name}: no route {method.decode()} {path.decode(errors='replace')}",
+        "the API is /kv/BUCKET/KEY, /health and /kv-admin/status",
+    )
 
 
-async def _write(request: web.Request, value: bytes | None) -> web.Response:
-    node = request.app[NODE]
-    q = node.quorum
-    w = _override(request, "w", q.w, q.n)
-    context = decode_context(request.headers.get(CONTEXT_HEADER))
-    obj = await node.put(_key(request), value, context, w)
-    return _answer(obj, write=True)
+async def _read(node: KvNode, key: str, r: int) -> Response:
+    return answer(await node.get(key, r), write=False)
 
 
-async def _put(request: web.Request) -> web.Response:
-    return await _write(request, await request.read())
+async def _write(node: KvNode, key: str, value: bytes | None, context: Any, w: int) -> Response:
+    return answer(await node.put(key, value, context, w), write=True)
 
 
-async def _delete(request: web.Request) -> web.Response:
-    return await _write(request, None)
+class HttpProtocol(asyncio.Protocol):
+    """One client connection: parse, answer in order, keep alive if the client wants."""
 
+    def __init__(self, node: KvNode) -> None:
+        self.node = node
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.request = Request()
+        self.size = 0
+        self.queue: deque[Request] = deque()
+        self.busy: asyncio.Task[None] | None = None
 
-async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "name": request.app[NODE].name})
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike
+        self.transport = cast(asyncio.Transport, transport)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.queue.clear()
 
-async def _status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODE].status())
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
 
+    def _fail(self, status: int, message: str) -> None:
+        if self.transport is not None:
+            body = {"code": "bad_request", "message": message, "hint": "speak HTTP/1.1"}
+            self.transport.write(_json(status, body).encode(keep_alive=False))
+            self.transport.close()
 
-def make_app(node: KvNode) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=16 << 20)
-    app[NODE] = node
-    path = "/kv/{bucket}/{key:.+}"
-    app.router.add_get(path, _get)
-    app.router.add_put(path, _put)
-    app.router.add_post(path, _put)
-    app.router.add_delete(path, _delete)
-    app.router.add_get("/health", _health)
-    app.router.add_get("/kv-admin/status", _status)
-    return app
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.request = Request()
+        self.size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.request.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == _CONTEXT:
+            self.request.context = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > MAX_BODY:
+            self._fail(413, f"request body over {MAX_BODY} bytes")
+            return
+        self.request.body.append(body)
+
+    def on_message_complete(self) -> None:
+        req = self.request
+        req.method = self.parser.get_method()
+        req.keep_alive = self.parser.should_keep_alive()
+        self.queue.append(req)
+        if self.busy is None:
+            self._next()
+
+    # answering
+    def _next(self) -> None:
+        while self.queue and self.transport is not None:
+            req = self.queue.popleft()
+            try:
+                result = route(self.node, req)
+            except CorralError as exc:
+                result = _error(exc)
+            if isinstance(result, Response):
+                self._send(result, req.keep_alive)
+                continue
+            task = asyncio.get_running_loop().create_task(self._finish(result, req.keep_alive))
+            self.busy = task
+            return
+
+    async def _finish(self, pending: Awaitable[Response], keep_alive: bool) -> None:
+        try:
+            result = await pending
+        except CorralError as exc:
+            result = _error(exc)
+        except Exception as exc:  # a bug in one request must not take the connection down
+            result = _error(CorralError(f"kv node {self.node.name}: internal error: {exc!r}"))
+        self.busy = None
+        self._send(result, keep_alive)
+        self._next()
+
+    def _send(self, response: Response, keep_alive: bool) -> None:
+        if self.transport is None:
+            return
+        self.transport.write(response.encode(keep_alive))
+        if not keep_alive:
+            self.transport.close()
+            self.transport = None
 
 
 async def serve(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
     """Run one node until SIGTERM/SIGINT: HTTP on ``config.http``, peers on ``config.peer``."""
     node = KvNode(config)
     await node.start()
-    runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False)
-    await runner.setup()
-    host, port = split_address(config.http)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server: asyncio.Server | None = None
     try:
-        await site.start()
+        host, port = split_address(config.http)
+        server = await loop.create_server(
+            lambda: HttpProtocol(node), host, port, reuse_address=True
+        )
         print(
             f"kv node {config.name} serving http://{config.http} peer {config.peer} "
             f"(n={node.quorum.n} r={node.quorum.r} w={node.quorum.w})",
@@ -150,5 +282,6 @@ async def serve(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        if server is not None:
+            server.close()
         await node.stop()

@@ -158,16 +158,23 @@ class KvStorage:
         The commit runs in a worker thread, so the loop keeps taking requests while the disk
         syncs; what they store meanwhile goes into the next commit, which starts as soon as
         the one in flight ends. One commit is in flight at a time."""
+        await asyncio.shield(self.durable())
+
+    def durable(self) -> asyncio.Future[None]:
+        """``sync`` as a future shared by every writer of the same commit, for callers that
+        would rather add a callback than run a task. Never cancel it: it is shared."""
         if not self._pending_objects and not self._pending_hints:
             if self._inflight is not None:
-                await asyncio.shield(self._inflight)  # what was stored is in that commit
-            return
+                return self._inflight  # what was stored is in that commit
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         ours = self._next
         if ours is None:
             ours = self._next = asyncio.get_running_loop().create_future()
             if self._inflight is None:
                 self._start_commit()
-        await asyncio.shield(ours)
+        return ours
 
     def _start_commit(self) -> None:
         done, self._next = self._next, None

@@ -14,7 +14,14 @@ must know at once when a replica cannot answer so the coordinator can go elsewhe
   ``ReplicaUnavailable`` for every call waiting on it; after a failed connect the peer is
   skipped for a short backoff (20 ms doubling to 1 s) rather than retried per request.
 - **Serving.** Each inbound connection is read by one task; a handler answers synchronously
-  (local reads and writes) or returns an awaitable (a forwarded coordination), run as a task.
+  (local reads), with a future (a write answered once durable: a callback, no task), or with
+  another awaitable (a forwarded coordination), run as a task.
+- **Batched frames.** Frames for one connection queue in an ``Outbox`` and leave in one write
+  at the end of the loop iteration: concurrent puts cost one ``send`` per peer, not one each,
+  and a lone request waits for nothing (the flush is the next callback, not a timer).
+- **No task per call.** ``send`` returns the reply's future; ``call`` is ``await send(...)``.
+  A task is made only to connect. Deadlines are kept per connection under one timer (for the
+  earliest), which sweeps answered requests away and fails overdue ones.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import msgspec
 
@@ -52,17 +61,79 @@ _hello_decoder = msgspec.msgpack.Decoder(Hello)
 _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
 
 
+class Outbox:
+    """Frames for one connection, written together once per loop iteration."""
+
+    __slots__ = ("frames", "loop", "scheduled", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.frames: list[bytes] = []
+        self.scheduled = False
+        self.loop = asyncio.get_running_loop()
+
+    def put(self, body: bytes) -> None:
+        self.frames.append(frame(body))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        frames, self.frames = self.frames, []
+        if not frames or self.writer.transport.is_closing():
+            return
+        try:
+            self.writer.write(b"".join(frames))
+        except (OSError, RuntimeError):
+            self.writer.transport.abort()
+
+
 class _Conn:
     def __init__(self, rpc: Rpc, peer: str, address: str) -> None:
         self.rpc = rpc
         self.peer = peer
         self.address = address
         self.writer: asyncio.StreamWriter | None = None
+        self.outbox: Outbox | None = None
         self.reader_task: asyncio.Task[None] | None = None
         self.waiting: dict[int, asyncio.Future[Reply]] = {}
+        # deadlines in the order requests were sent; one timer for the earliest, not one each
+        self.deadlines: deque[tuple[float, int, float]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
         self.connecting: asyncio.Future[None] | None = None
         self.backoff = 0.02
         self.retry_at = 0.0
+
+    def expect(self, rid: int, deadline: float, timeout: float) -> None:
+        """Fail request ``rid`` at ``deadline`` if its reply has not come by then."""
+        self.deadlines.append((deadline, rid, timeout))
+        if self.timer is None or deadline < self.timer.when():
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self.timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        kept: deque[tuple[float, int, float]] = deque()
+        for deadline, rid, timeout in self.deadlines:
+            fut = self.waiting.get(rid)
+            if fut is None or fut.done():
+                continue  # answered: forget its deadline
+            if deadline > now:
+                kept.append((deadline, rid, timeout))
+                continue
+            del self.waiting[rid]
+            fut.set_exception(
+                ReplicaUnavailable(
+                    f"kv node {self.peer} ({self.address}) did not answer within {timeout:.2f} s"
+                )
+            )
+        self.deadlines = kept
+        if kept:
+            self.timer = loop.call_at(min(d for d, _, _ in kept), self._expire)
 
     async def ensure(self) -> asyncio.StreamWriter:
         if self.writer is not None:
@@ -104,6 +175,7 @@ class _Conn:
         self.backoff = 0.02
         writer.write(frame(_encode(Hello(self.rpc.cluster, self.rpc.name, self.peer))))
         self.writer = writer
+        self.outbox = Outbox(writer)
         self.reader_task = asyncio.get_running_loop().create_task(self._read(reader, writer))
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -111,8 +183,15 @@ class _Conn:
             while True:
                 env = _envelope_decoder.decode(await read_frame(reader))
                 fut = self.waiting.pop(env.id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(env.body)  # type: ignore[arg-type]  # replies only here
+                if fut is None or fut.done():
+                    continue
+                body = env.body
+                if isinstance(body, Failed):
+                    fut.set_exception(
+                        ReplicaUnavailable(f"kv node {self.peer} failed the request: {body.error}")
+                    )
+                else:
+                    fut.set_result(body)  # type: ignore[arg-type]  # replies only here
         except (OSError, asyncio.IncompleteReadError, ValueError, msgspec.DecodeError):
             pass
         finally:
@@ -124,6 +203,11 @@ class _Conn:
         if self.writer is not None:
             self.writer.transport.abort()
         self.writer = None
+        self.outbox = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.deadlines.clear()
         waiting, self.waiting = self.waiting, {}
         for fut in waiting.values():
             if not fut.done():
@@ -168,34 +252,44 @@ class Rpc:
 
     async def call(self, peer: str, address: str, body: Request, timeout: float) -> Reply:
         """Send ``body`` to ``peer`` and wait for its reply; ``ReplicaUnavailable`` if none."""
+        return await self.send(peer, address, body, timeout)
+
+    def send(self, peer: str, address: str, body: Request, timeout: float) -> asyncio.Future[Reply]:
+        """The future of ``peer``'s reply to ``body``: fails with ``ReplicaUnavailable`` when
+        the peer is unreachable, fails the request, or does not answer within ``timeout``."""
+        loop = asyncio.get_running_loop()
         conn = self._conns.get(peer)
         if conn is None or conn.address != address:
             if conn is not None:
                 conn.drop()
             conn = self._conns[peer] = _Conn(self, peer, address)
-        writer = await conn.ensure()
         self._ids += 1
         rid = self._ids
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Reply] = loop.create_future()
         conn.waiting[rid] = fut
+        conn.expect(rid, loop.time() + timeout, timeout)
+        if conn.outbox is not None:
+            conn.outbox.put(_encode(Envelope(rid, body)))
+        else:
+            task = loop.create_task(self._connect_then_send(conn, rid, body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return fut
+
+    async def _connect_then_send(self, conn: _Conn, rid: int, body: Request) -> None:
         try:
-            writer.write(frame(_encode(Envelope(rid, body))))
-        except (OSError, RuntimeError):
-            conn.drop(writer)
-        try:
-            async with asyncio.timeout(timeout):
-                reply = await fut
-        except TimeoutError:
-            conn.waiting.pop(rid, None)
-            raise ReplicaUnavailable(
-                f"kv node {peer} ({address}) did not answer within {timeout:.2f} s"
-            ) from None
-        if isinstance(reply, Failed):
-            raise ReplicaUnavailable(f"kv node {peer} failed the request: {reply.error}")
-        return reply
+            await conn.ensure()
+        except ReplicaUnavailable as exc:
+            fut = conn.waiting.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+            return
+        if conn.outbox is not None and rid in conn.waiting:
+            conn.outbox.put(_encode(Envelope(rid, body)))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._inbound.add(writer)
+        outbox = Outbox(writer)
         try:
             async with asyncio.timeout(5.0):
                 hello = _hello_decoder.decode(await read_frame(reader))
@@ -210,7 +304,7 @@ class Rpc:
                 return
             while True:
                 env = _envelope_decoder.decode(await read_frame(reader))
-                self._serve(hello.frm, env, writer)
+                self._serve(hello.frm, env, outbox)
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except (ValueError, msgspec.DecodeError) as exc:
@@ -219,36 +313,37 @@ class Rpc:
             self._inbound.discard(writer)
             writer.transport.abort()
 
-    def _serve(self, frm: str, env: Envelope, writer: asyncio.StreamWriter) -> None:
+    def _serve(self, frm: str, env: Envelope, outbox: Outbox) -> None:
         body = env.body
         if isinstance(body, _REPLIES):
-            self._reply(env.id, Failed(f"{type(body).__name__} is a reply, not a request"), writer)
+            outbox.put(_encode(Envelope(env.id, Failed(f"{type(body).__name__} is a reply"))))
             return
         try:
             answer = self.handler(frm, body)
         except Exception as exc:  # a handler bug must not kill the connection
             log.exception("kv node %s: request from %s failed", self.name, frm)
             answer = Failed(str(exc))
-        if inspect.isawaitable(answer):
-            task = asyncio.get_running_loop().create_task(self._finish(env.id, answer, writer))
+        if isinstance(answer, asyncio.Future):
+            answer.add_done_callback(partial(self._answered, env.id, outbox))
+        elif inspect.isawaitable(answer):
+            task = asyncio.get_running_loop().create_task(self._finish(env.id, answer, outbox))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         else:
-            self._reply(env.id, answer, writer)
+            outbox.put(_encode(Envelope(env.id, answer)))
 
-    async def _finish(
-        self, rid: int, answer: Awaitable[Reply], writer: asyncio.StreamWriter
-    ) -> None:
+    def _answered(self, rid: int, outbox: Outbox, answer: asyncio.Future[Reply]) -> None:
+        if answer.cancelled():
+            reply: Reply = Failed("cancelled")
+        elif (exc := answer.exception()) is not None:
+            reply = Failed(str(exc))
+        else:
+            reply = answer.result()
+        outbox.put(_encode(Envelope(rid, reply)))
+
+    async def _finish(self, rid: int, answer: Awaitable[Reply], outbox: Outbox) -> None:
         try:
             reply = await answer
         except Exception as exc:
             reply = Failed(str(exc))
-        self._reply(rid, reply, writer)
-
-    def _reply(self, rid: int, reply: Reply, writer: asyncio.StreamWriter) -> None:
-        if writer.transport.is_closing():
-            return
-        try:
-            writer.write(frame(_encode(Envelope(rid, reply))))
-        except (OSError, RuntimeError):
-            writer.transport.abort()
+        outbox.put(_encode(Envelope(rid, reply)))

@@ -343,7 +343,7 @@ def _model_table(root: type[BaseModel]) -> dict[_Pattern, list[type[BaseModel]]]
                 return
             models.append(annotation)
             for name, field in annotation.model_fields.items():
-                walk(field.annotation, (*at, name))
+                walk(field.annotation, (*at, field.alias or name))  # keys as users write them
 
     walk(root, ())
     return table
@@ -368,7 +368,10 @@ def _models_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> list[type[B
 def _allowed_keys(root: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
     names: list[str] = []
     for model in _models_at(root, loc):
-        names.extend(name for name in model.model_fields if name not in names)
+        for name, field in model.model_fields.items():
+            key = field.alias or name  # `for`, not the Python-safe `for_`
+            if key not in names:
+                names.append(key)
     return names
 
 
@@ -376,9 +379,9 @@ def _field_description(root: type[BaseModel], loc: tuple[str | int, ...]) -> str
     if not loc:
         return ""
     for model in _models_at(root, loc[:-1]):
-        field = model.model_fields.get(str(loc[-1]))
-        if field is not None and field.description:
-            return field.description
+        for name, field in model.model_fields.items():
+            if str(loc[-1]) in (name, field.alias) and field.description:
+                return field.description
     return ""
 
 
@@ -428,11 +431,12 @@ def _reference_problems(services: object) -> list[Problem]:
                 edges[name].append(dep)
                 target = services[dep]
                 kind = target.get("kind", "service") if isinstance(target, Mapping) else None
-                if condition == "completed" and kind == "service":
+                if condition == "completed" and kind in ("service", "kv"):
                     problems.append(
                         Problem(
                             at,
-                            f"completed applies only to tasks, and {dep!r} is a service",
+                            f"completed applies only to tasks, and {dep!r} is a "
+                            + ("service" if kind == "service" else "kv store"),
                             f"use healthy or started, or set kind: task on {dep}",
                         )
                     )

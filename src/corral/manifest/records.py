@@ -68,7 +68,7 @@ def service_record(
         min=low,
         max=high,
         mode=service.mode,
-        kind=service.kind,
+        kind="task" if service.kind == "task" else "service",  # kv nodes are services
         depends_on=[
             Dependency(service=dep, condition=condition)
             for dep, condition in service.depends_on.items()

@@ -41,6 +41,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from corral.errors import UserError
+from corral.kv import service as kv_service
+from corral.kv.coordinator import Quorum
 from corral.manifest.expand import unclosed_reference
 from corral.manifest.graph import DependencyGraph
 from corral.manifest.units import UnitError, parse_duration, parse_size
@@ -53,6 +55,7 @@ __all__ = [
     "Backoff",
     "Health",
     "InstanceRange",
+    "KvSettings",
     "Manifest",
     "Probe",
     "Resources",
@@ -736,6 +739,42 @@ DependsOn = Annotated[
 ]
 
 
+class KvSettings(_Model):
+    """The AP store a ``kind: kv`` service runs (``corral.kv``: Dynamo-style quorums)."""
+
+    n: Annotated[int, Field(ge=1, le=SCALE_LIMIT)] = Field(
+        default=3, description="replicas of each key (at most instances)"
+    )
+    r: Annotated[int, Field(ge=1)] = Field(default=2, description="replies a read waits for")
+    w: Annotated[int, Field(ge=1)] = Field(
+        default=2, description="durable acknowledgements a write waits for"
+    )
+    vnodes: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=256, description="virtual nodes per node on the consistent-hash ring"
+    )
+    conflicts: Literal["siblings", "lww"] = Field(
+        default="siblings",
+        description="siblings: concurrent writes are all kept until a write with their "
+        "context resolves them; lww: the latest timestamp wins (loses writes under clock skew)",
+    )
+
+    @field_validator("r", "w")
+    @classmethod
+    def _within_n(cls, value: int, info: ValidationInfo) -> int:
+        n = info.data.get("n")
+        if isinstance(n, int) and value > n:
+            raise problem(
+                f"{info.field_name} ({value}) is more than n ({n}): a quorum cannot exceed "
+                "the replicas of a key",
+                f"write {info.field_name}: {n} or less, or raise n",
+            )
+        return value
+
+    def warning(self) -> str:
+        """Why this valid quorum may still surprise (R + W <= N), or ""."""
+        return Quorum(self.n, self.r, self.w).warning
+
+
 class Service(_Model):
     """One service of the manifest."""
 
@@ -744,9 +783,10 @@ class Service(_Model):
         description="cattle instances are replaced; pets keep id, port and DATA_DIR and are "
         "restarted in place",
     )
-    kind: Literal["service", "task"] = Field(
+    kind: Literal["service", "task", "kv"] = Field(
         default="service",
-        description="a task runs to completion and is restarted only when it fails",
+        description="a task runs to completion and is restarted only when it fails; kv runs "
+        "the platform's AP store (pets with DATA_DIR; set kv:, the command is filled in)",
     )
     version: Annotated[str | None, BeforeValidator(_version)] = Field(
         default=None, description="your label for this code; a change makes a new release"
@@ -797,6 +837,48 @@ class Service(_Model):
         description="scale between instances.min and instances.max following a metric",
     )
     telemetry: Telemetry = Field(default_factory=Telemetry)
+    kv: KvSettings | None = Field(
+        default=None,
+        description="kind: kv only: replicas and quorums of the store",
+        # Absent from other services' specs, so adding it made no new release of any of them.
+        exclude_if=lambda value: value is None,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kv_defaults(cls, data: object) -> object:
+        # kind: kv is an ordinary pet service once its command, ports and readiness are filled.
+        if isinstance(data, dict) and data.get("kind") == kv_service.KIND:
+            return kv_service.fill_defaults(data, sys.executable)
+        return data
+
+    @field_validator("kv")
+    @classmethod
+    def _kv_fits_the_service(cls, kv: KvSettings | None, info: ValidationInfo) -> KvSettings | None:
+        if info.data.get("kind") != kv_service.KIND:
+            if kv is not None:
+                raise problem("kv settings apply to kind: kv only", "add kind: kv, or remove kv")
+            return None
+        kv = kv or KvSettings()
+        if info.data.get("mode", "pet") != "pet":
+            raise problem(
+                "a kind: kv service runs pets (each node keeps its name and DATA_DIR)",
+                "remove mode, or write mode: pet",
+            )
+        ports = info.data.get("ports")
+        if isinstance(ports, dict) and list(ports)[:2] != ["http", "peer"]:
+            raise problem(
+                f"kind: kv needs the ports http and peer, in that order (got {', '.join(ports)})",
+                "remove ports to have both allocated, or write ports: {http: auto, peer: auto}",
+            )
+        instances = info.data.get("instances")
+        count = instances.min if isinstance(instances, InstanceRange) else instances
+        if isinstance(count, int) and kv.n > count:
+            raise problem(
+                f"n ({kv.n}) is more than instances ({count}): each key needs n distinct nodes",
+                f"write instances: {kv.n} or more, or n: {max(1, count)}",
+            )
+        return kv
 
     @field_validator("autoscale")
     @classmethod
