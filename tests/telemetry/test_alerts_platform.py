@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from click.testing import CliRunner, Result
 
+from corral.cli.alerts import alerts as alerts_command
+from corral.cli.alerts import capacity as capacity_command
+from corral.cli.alerts import changes as changes_command
 from corral.testing import Platform
 
 SECRET = "s3cret-for-hmac"
@@ -44,6 +48,12 @@ async def _until(condition: Any, timeout: float, what: str) -> Any:
             return value
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _cli(platform: Platform, command: Any, *args: str) -> Result:
+    result = CliRunner().invoke(command, list(args), env={"CORRAL_HOME": str(platform.home.path)})
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
 
 
 async def test_failing_service_alerts_a_webhook_and_resolves_when_fixed(tmp_path: Path) -> None:
@@ -94,6 +104,10 @@ async def test_failing_service_alerts_a_webhook_and_resolves_when_fixed(tmp_path
         assert [a["id"] for a in view["firing"]] == [alert["id"]]
         events = await asyncio.to_thread(platform.events, service="flaky")
         assert any(e["to"] == "firing" and e["subject"] == alert["id"] for e in events)
+        shown = (await asyncio.to_thread(_cli, platform, alerts_command)).output
+        assert "FIRING" in shown and alert["id"] in shown and "instance_phase=" in shown
+        listed = await asyncio.to_thread(_cli, platform, alerts_command, "--json")
+        assert [a["id"] for a in json.loads(listed.output)["firing"]] == [alert["id"]]
 
         flag.touch()  # the fix: the next restart stays up
         resolved = await _until(
@@ -111,6 +125,12 @@ async def test_failing_service_alerts_a_webhook_and_resolves_when_fixed(tmp_path
             platform.client.request, "GET", "/changes", None, {"service": "flaky"}
         )
         assert {c["kind"] for c in changes["changes"]} >= {"release", "crash"}
+        shown = (
+            await asyncio.to_thread(_cli, platform, changes_command, "--service", "flaky")
+        ).output
+        assert "release" in shown and "crash" in shown and "flaky" in shown
+        shown = (await asyncio.to_thread(_cli, platform, alerts_command)).output
+        assert "RESOLVED" in shown and "FIRING" not in shown and alert["id"] in shown
 
         def flaky_capacity() -> dict[str, Any] | None:
             view = platform.client.request("GET", "/capacity")
@@ -119,6 +139,13 @@ async def test_failing_service_alerts_a_webhook_and_resolves_when_fixed(tmp_path
 
         row = await _until(flaky_capacity, 10, "the running instance in the capacity view")
         assert row["memory_used"] > 0 and row["near_limit"] == []
+        shown = (await asyncio.to_thread(_cli, platform, capacity_command)).output
+        [line] = [x for x in shown.splitlines() if x.startswith("flaky ")]
+        assert line.split()[1] == "1"  # one instance, with its memory in use
+        view = json.loads(
+            (await asyncio.to_thread(_cli, platform, capacity_command, "--json")).output
+        )
+        assert "flaky" in {s["service"] for s in view["services"]}
     finally:
         await asyncio.to_thread(platform.destroy)
         await runner.cleanup()

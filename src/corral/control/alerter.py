@@ -39,6 +39,7 @@ CONFIG_KEY = model.PREFIX + "alerts/config"
 STATE_KEY = model.PREFIX + "alerts/state"
 DEFAULT_INTERVAL_S = 10.0
 EXAMPLE_TRACES = 3
+EXAMPLE_SEARCH = 50  # recent bad traces searched for an SLO alert's route (any service)
 
 
 class AlertsState(msgspec.Struct):
@@ -294,24 +295,38 @@ class Alerter:
     async def _with_examples(
         self, decision: alerts.Decision, rules: list[alerts.Rule]
     ) -> alerts.Decision:
-        """Example trace ids for a traffic alert that fires: recent errors, or slow calls."""
+        """Example trace ids for a traffic or SLO alert that fires: recent errors (or calls
+        slower than the threshold) of the service, or of the route for an SLO burn."""
         alert = decision.alert
-        if decision.action != "firing" or alert.kind not in ("error_rate", "latency"):
+        if decision.action != "firing" or alert.evidence is None:
             return decision
-        if alert.evidence is None or not alert.service:
+        if alert.kind not in ("error_rate", "latency", "slo_burn"):
+            return decision
+        if alert.kind != "slo_burn" and not alert.service:
             return decision
         rule = next(r for r in rules if r.name == alert.rule)
-        query = {
-            "service": alert.service,
-            "minutes": str(max(1, rule.window_s // 60)),
-            "limit": str(EXAMPLE_TRACES),
-        }
-        if alert.kind == "error_rate":
-            query["error"] = "true"
+        query = {"minutes": str(max(1, rule.window_s // 60))}
+        route = ""
+        if alert.kind == "slo_burn":
+            # subject "<route>:<objective>"; the gateway's root span is named "<METHOD> <route>"
+            route = alert.subject.rsplit(":", 1)[0]
+            slow_us = int(alert.evidence.details.get("threshold_us", 0))
+            if slow_us:
+                query["min_duration_us"] = str(slow_us)
+            else:
+                query["error"] = "true"
+            query["limit"] = str(EXAMPLE_SEARCH)
         else:
-            query["min_duration_us"] = str(int(rule.threshold))
+            query["service"] = alert.service
+            query["limit"] = str(EXAMPLE_TRACES)
+            if alert.kind == "error_rate":
+                query["error"] = "true"
+            else:
+                query["min_duration_us"] = str(int(rule.threshold))
         try:
             found = json.loads(await self.collector_get("/telemetry/traces", query))
+            if route:
+                found = [t for t in found if _route_of(str(t.get("root_name", ""))) == route]
             ids = [str(t["trace_id"]) for t in found][:EXAMPLE_TRACES]
         except Exception as exc:  # examples are a courtesy: the alert goes out without them
             log.warning("example traces for %s: %s", alert.id, exc)
@@ -322,6 +337,11 @@ class Alerter:
     async def _gave_up(self, hook: str, delivery: str, why: str) -> None:
         event = events.make("alerts", "platform", f"webhook {hook}: gave up on {delivery}: {why}")
         await events.record(self.store, event)
+
+
+def _route_of(root_name: str) -> str:
+    """The route of a gateway root span's name (``"GET orders"`` → ``"orders"``)."""
+    return root_name.split(" ", 1)[1] if " " in root_name else root_name
 
 
 def _latest(alert: alerts.Alert, decisions: list[alerts.Decision]) -> alerts.Alert:

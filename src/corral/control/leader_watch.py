@@ -1,7 +1,9 @@
 """Run the controllers on the Raft leader only (adapter around ``control.leadership``).
 
 ``Controllers`` is the set the single-machine server runs beside its API: the agent of this
-machine, the telemetry collector's record, the reconciler and the autoscaler. ``LeaderWatch``
+machine, the telemetry collector's record, the reconciler and the autoscaler — plus the
+alerter, which the single server runs with its API but a cluster must run once, not per node
+(or every firing would be sent once per node). ``LeaderWatch``
 polls "am I the leader?", asks the pure ``Leadership`` machine what to do, and starts or
 stops them. Stopping leaves every instance running under its shim; the next leader's agent
 re-adopts them (on one machine every node shares ``$CORRAL_HOME``, hence the instances'
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from corral import clock
 from corral.agent.agent import Agent
 from corral.agent.usage import CpuUsage
+from corral.control.alerter import Alerter
 from corral.control.autoscaler import Autoscaler
 from corral.control.leadership import Act, Leadership
 from corral.control.reconciler import Reconciler
@@ -36,6 +39,7 @@ class Controllers:
         self.agent: Agent | None = None
         self.reconciler: Reconciler | None = None
         self.autoscaler: Autoscaler | None = None
+        self.alerter: Alerter | None = None
 
     @property
     def passes(self) -> int:
@@ -54,11 +58,15 @@ class Controllers:
             await self.reconciler.start()
             self.autoscaler = Autoscaler(self.store, {"cpu": CpuUsage(self.home.instances_dir)})
             await self.autoscaler.start()
+            self.alerter = Alerter(self.store, self.home)
+            await self.alerter.start()
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
+        if self.alerter is not None:
+            await self.alerter.close()
         if self.autoscaler is not None:
             await self.autoscaler.close()
         if self.reconciler is not None:
@@ -66,6 +74,7 @@ class Controllers:
         if self.agent is not None:
             await self.agent.close()
         self.agent = self.reconciler = self.autoscaler = None
+        self.alerter = None
 
 
 class LeaderWatch:

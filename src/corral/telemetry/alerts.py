@@ -272,6 +272,8 @@ def _slo_checks(rule: Rule, obs: Observations) -> list[Check] | None:
                 f"requests_{wl}": long.total,
                 f"bad_{wl}": round(long.bad, 3),
                 "target": o.target,
+                # the adapter picks example traces slower than this for a latency objective
+                **({"threshold_us": float(o.threshold_us)} if o.kind == "latency" else {}),
             },
         )
         summary = (

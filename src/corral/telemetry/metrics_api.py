@@ -10,22 +10,39 @@ Push format (``POST /telemetry/samples``, ingest token)::
 
 A malformed body is a 400 and nothing of it is kept. A series not pushed again within
 ``STALE_S`` (an instance that stopped) leaves ``/metrics`` — it stays in the time series.
+
+The platform's own counters are pulled, not pushed: `scrape_platform` reads the control plane's
+``/metrics`` (``$CORRAL_HOME/api``) and the platform gateway's per-worker snapshots
+(``$CORRAL_HOME/gateway/metrics-*.json``, when the gateway writes them) every ``interval`` and
+keeps their samples in the time series, so ``/telemetry/metrics?name=corral_gateway_requests_total``
+answers like an agent's series. Histogram buckets are kept as series like any other (``le`` is a
+label); an absent source is skipped silently and retried the next period.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
 import re
 import threading
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import msgspec
 
+from corral import clock
 from corral.errors import UserError
+from corral.home import Home
 from corral.telemetry.exposition import escape
 from corral.telemetry.tsdb import MetricSample, TimeSeriesDB
 
-__all__ = ["MetricsKeeper"]
+__all__ = ["MetricsKeeper", "parse_text", "scrape_platform"]
+
+log = logging.getLogger("corral.telemetry.metrics")
+SCRAPE_INTERVAL_S = 10.0
 
 STALE_S = 60.0
 MAX_SAMPLES = 50_000  # in one push
@@ -80,6 +97,18 @@ class MetricsKeeper:
         self.received += len(batch)
         return len(batch)
 
+    def keep(self, batch: list[MetricSample], at: float) -> int:
+        """Store samples the collector read itself (a scrape); they show at ``/metrics`` too."""
+        if not batch:
+            return 0
+        self.tsdb.write(batch, at)
+        with self._lock:
+            for m in batch:
+                key = (m.name, ",".join(f"{k}={v}" for k, v in sorted(m.labels.items())))
+                self._latest[key] = (dict(m.labels), m.value, at)
+        self.received += len(batch)
+        return len(batch)
+
     def lines(self, now: float) -> list[str]:
         """Prometheus text lines of the newest value of every series pushed recently."""
         with self._lock:
@@ -120,3 +149,75 @@ def _int(params: Mapping[str, str], name: str, default: int) -> int:
         return int(float(raw))
     except ValueError:
         raise UserError(f"query parameter {name}={raw!r} is not a number", "") from None
+
+
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$")
+_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+
+
+def parse_text(text: str, extra: Mapping[str, str] | None = None) -> list[MetricSample]:
+    """Samples of a Prometheus text exposition (0.0.4); comments, exemplars and lines that
+    do not parse are skipped. ``extra`` labels are added to every sample (e.g. the source)."""
+    out = []
+    for raw in text.splitlines():
+        line = raw.split(" # ", 1)[0].strip()  # an OpenMetrics exemplar follows " # "
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if m is None:
+            continue
+        name, labels_text, value_text = m.groups()
+        try:
+            value = float(value_text)
+        except ValueError:
+            continue
+        labels = dict(extra or {})
+        for key, quoted in _PAIR.findall(labels_text or ""):
+            labels[key] = re.sub(r"\\[\\\"n]", lambda e: _UNESCAPE[e.group(0)], quoted)
+        out.append(MetricSample(name, labels, value))
+    return out
+
+
+def _gateway_text(home: Home) -> str:
+    from corral.gateway.metrics import render  # the gateway's own exposition of its snapshots
+
+    snapshots = []
+    for path in sorted((home.path / "gateway").glob("metrics-*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            snapshots.append(json.loads(path.read_text()))
+    return render(snapshots) if snapshots else ""
+
+
+async def _api_text(home: Home, http: aiohttp.ClientSession) -> str:
+    try:
+        base = home.api_file.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    token = home.token("read") or ""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.get(base + "/metrics", headers=headers) as response:
+        return await response.text() if response.status == 200 else ""
+
+
+async def scrape_platform(
+    keeper: MetricsKeeper, home: Home, interval_s: float = SCRAPE_INTERVAL_S
+) -> None:
+    """Keep the control plane's and the platform gateway's counters in the time series, every
+    `interval_s`, until cancelled."""
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while True:
+            batch: list[MetricSample] = []
+            try:
+                batch += parse_text(await _api_text(home, http), {"source": "control-plane"})
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.debug("scraping the control plane: %s", exc)
+            try:
+                gateway = await loop.run_in_executor(None, _gateway_text, home)
+                batch += parse_text(gateway, {"source": "gateway"})
+            except Exception:  # a half-written snapshot must not end the loop
+                log.exception("reading the gateway's metrics failed")
+            if batch:
+                await loop.run_in_executor(None, keeper.keep, batch, clock.wall())
+            await asyncio.sleep(interval_s)
