@@ -158,3 +158,24 @@ async def test_metrics_answer_on_loopback_without_a_token_in_prometheus_text(api
     assert requests[("/api/v1/apply", "200")] == 1
     assert requests[("/api/v1/services", "401")] == 1
     assert families["corral_store_revision"].samples[0].value > 1
+
+
+async def test_an_idle_store_watch_sends_heartbeats_then_the_change(
+    api: Ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watcher cut off from a node notices missing heartbeats (it cannot notice silence)."""
+    from corral.api import server
+
+    monkeypatch.setattr(server, "WATCH_HEARTBEAT", 0.05)
+    response = await api.client.get(
+        "/api/v1/store/watch", params={"prefix": "/corral/services/"}, headers=api.auth("read")
+    )
+    assert response.status == 200
+    lines: list[str] = []
+    while lines.count(": ping") < 2:
+        lines.append((await response.content.readline()).decode().rstrip("\n"))
+    await api.client.post("/api/v1/apply", json={"manifest": MANIFEST}, headers=api.auth())
+    while not any(line.startswith("data: ") for line in lines):
+        lines.append((await response.content.readline()).decode().rstrip("\n"))
+    assert '"key": "/corral/services/web"' in next(x for x in lines if x.startswith("data: "))
+    response.close()

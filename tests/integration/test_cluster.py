@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -268,3 +270,74 @@ def _transfer_and_membership(cluster: Cluster) -> None:
     removed = cluster.corral("cluster", "remove", "4")
     assert removed.returncode == 0, removed.stderr
     assert sorted(members()) == [1, 2, 3]
+
+
+def _get(port: int, path: str = "/") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, ""
+
+
+def test_gateway_keeps_routing_across_a_leader_kill_and_down_stops_every_node(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    with cluster.reporting():
+        _gateway_and_down(cluster, tmp_path)
+
+
+def _gateway_and_down(cluster: Cluster, tmp_path: Path) -> None:
+    app = write_app(tmp_path)
+    port = _free_ports(1)[0]
+    manifest = tmp_path / "corral.yaml"
+
+    manifest.write_text(
+        "services:\n"
+        + service_yaml("web", app)
+        + f"gateway:\n  listen: 127.0.0.1:{port}\n  routes:\n"
+        "    - {name: web, match: {path_prefix: /}, service: web}\n"
+    )
+    applied = cluster.corral("apply", str(manifest))
+    assert applied.returncode == 0, applied.stderr
+    first = wait_for(lambda: cluster.running("web"), 20.0, what="web to run")[0]
+    wait_for(lambda: _get(port)[1] == first["id"], 20.0, what="the gateway to route to web")
+
+    # The gateway read the Store from the leader's API (first in $CORRAL_HOME/api): kill it.
+    old = cluster.leader()
+    assert old is not None
+    assert cluster.home.api_urls()[0] == cluster.node_url(old)
+    cluster.kill9(old)
+    assert _get(port) == (200, first["id"])  # still routing from what it knows
+    wait_for(cluster.leader, 10.0, interval=0.05, what="a new leader")
+
+    # A scale change made through the new leader reaches the gateway's routing.
+    scaled = cluster.corral("scale", "web=2")
+    assert scaled.returncode == 0, scaled.stderr
+    both = wait_for(
+        lambda: (
+            {i["id"] for i in cluster.running("web")} if len(cluster.running("web")) == 2 else None
+        ),
+        20.0,
+        what="web scaled to 2",
+    )
+    wait_for(
+        lambda: {_get(port)[1] for _ in range(20)} == both,
+        20.0,
+        what="the gateway to route to both instances",
+    )
+
+    # `corral down` stops the services, then every node, not only the one that answered.
+    pids = [i["pid"] for i in cluster.running("web")]
+    down = cluster.corral("down", "--timeout", "20")
+    assert down.returncode == 0, down.stdout + down.stderr
+    for node_id, proc in sorted(cluster.procs.items()):
+        assert proc.wait(10) == 0, f"node {node_id} exited with {proc.returncode}"
+    cluster.procs.clear()
+    assert not cluster.home.is_locked()
+    assert _get(port)[0] == 0  # the gateway is gone too
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -25,7 +25,7 @@ from corral.api import auth, insight, views
 from corral.api.metrics import PlatformMetrics, ReconcilerView
 from corral.control import alerter as alerting
 from corral.control import apply as applying
-from corral.control import events, gateway_config, releases
+from corral.control import events, gateway_config, releases, system
 from corral.control.alerter import Alerter
 from corral.control.diff import spec_changes as diff_specs
 from corral.control.diff import summary as change_summary
@@ -46,11 +46,12 @@ from corral.gateway import admin as gateway_admin
 from corral.home import Home
 from corral.manifest import service_record, validate_manifest_data
 from corral.runtime import logs as logfiles
-from corral.store.base import Compare, Delete, Put, Store
+from corral.store.base import Compare, Delete, Put, Store, WatchEvent
 from corral.telemetry.capacity import NEAR
 from corral.telemetry.exposition import content_type, wants_openmetrics
 
 log = logging.getLogger("corral.api")
+WATCH_HEARTBEAT = 5.0  # seconds of silence on a Store watch before a ": ping" comment
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -81,7 +82,10 @@ class Api:
         self.on_shutdown = on_shutdown
         self.metrics = PlatformMetrics(store, passes, reconciler)
         self._http: aiohttp.ClientSession | None = None
-        self.alerter = Alerter(store, home)  # started with the app (on_startup)
+        self.alerter = Alerter(store, home)  # started with the app unless the Store is replicated
+        # A replicated Store (cluster mode) runs the alerter on the leader only, among the
+        # leader's controllers (control.leader_watch); this one only reads its state there.
+        self.runs_alerter = not hasattr(store, "is_leader")
         self.usage = UsageSampler(home.instances_dir)
         self.routes = [
             Route("GET", "/api/v1/health", self.health, "Liveness of the control plane"),
@@ -145,7 +149,8 @@ class Api:
         return app
 
     async def _start_alerter(self, app: web.Application) -> None:
-        await self.alerter.start()
+        if self.runs_alerter:
+            await self.alerter.start()
 
     async def _stop_alerter(self, app: web.Application) -> None:
         await self.alerter.close()
@@ -314,6 +319,11 @@ class Api:
             home=self.home.path,
         )
         await alerting.save_config(self.store, loaded.manifest)
+        await system.ensure_collector(
+            self.store,
+            self.home.path,
+            system.retention_argument(loaded.manifest.metrics.retention),
+        )
         settings = dashboard_public.from_manifest(loaded.manifest.dashboard)
         await self.store.txn([], [dashboard_public.write_op(settings)])
         return web.json_response(
@@ -928,12 +938,35 @@ class Api:
         )
         await response.prepare(request)
         await response.write(b": watching\n\n")
+        # A comment line every WATCH_HEARTBEAT seconds of silence: a watcher cut off from this
+        # node (packets dropped, no reset) notices the missing heartbeats and fails over.
+        changes = self.store.watch(prefix, start).__aiter__()
+        pending: asyncio.Future[WatchEvent] | None = None
         try:
-            async for change in self.store.watch(prefix, start):
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(changes.__anext__())
+                done, _ = await asyncio.wait({pending}, timeout=WATCH_HEARTBEAT)
+                if not done:
+                    await response.write(b": ping\n\n")
+                    continue
+                try:
+                    change = pending.result()
+                except StopAsyncIteration:
+                    break
+                pending = None
                 data = json.dumps({"type": change.type, "kv": _kv_dict(change.kv)})
                 await response.write(f"data: {data}\n\n".encode())
         except Compacted as exc:
             await response.write(f"event: compacted\ndata: {exc.revision}\n\n".encode())
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await pending
+            aclose = getattr(changes, "aclose", None)
+            if aclose is not None:
+                await aclose()
         return response
 
     async def backup(self, request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,7 @@ quorum.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from corral.home import Home
 
 F = TypeVar("F", bound=Callable[..., Any])
 MEMBER_TIMEOUT = 2.0  # seconds `cluster status` waits for each member
+STOP_WITHIN = 10.0  # seconds `corral down` waits for every node to stop
 
 
 def server_options(command: F) -> F:
@@ -125,6 +127,38 @@ def _member_views(client: Client, first: dict[str, Any]) -> dict[int, dict[str, 
             except CorralError:
                 pass
     return views
+
+
+def node_urls(client: Client, home: Home) -> list[str]:
+    """Every member's API URL, followers first and the leader last (empty when the control
+    plane that answers is not a cluster): the order ``corral down`` stops them in, so the
+    followers do not hold an election for a leader that is about to go too."""
+    try:
+        view = _view(client)
+    except UserError:
+        return []
+    leader = view["members"].get(str(view["leader"]), {}).get("api", "")
+    urls = [m["api"] for _, m in sorted(view["members"].items()) if m.get("api")]
+    urls += [url for url in home.api_urls() if url not in urls]
+    urls = [url.rstrip("/") for url in urls]
+    return sorted(dict.fromkeys(urls), key=lambda url: url == leader.rstrip("/"))
+
+
+def stop_nodes(client: Client, urls: list[str]) -> list[str]:
+    """Ask every node to stop and wait until none answers; return the URLs still answering.
+    A node that does not answer the request is taken as stopped already."""
+    for url in urls:
+        try:
+            Client(url, client.token, timeout=MEMBER_TIMEOUT).request("POST", "/shutdown")
+        except CorralError:
+            pass
+    deadline = time.monotonic() + STOP_WITHIN
+    running = list(urls)
+    while running and time.monotonic() < deadline:
+        running = [u for u in running if Client(u, client.token, timeout=1.0).healthy()]
+        if running:
+            time.sleep(0.05)
+    return running
 
 
 @click.group("cluster")

@@ -459,10 +459,19 @@ def _down(client: Client, home: Home, timeout: float) -> None:
     if remaining:
         names = ", ".join(s["name"] for s in remaining)
         render.err.print(f"[yellow]still stopping after {timeout:g}s:[/] {names}")
-    pid = home.server_pid()
-    client.request("POST", "/shutdown")
+    wait_for_lock = home.server_pid() is not None
+    nodes: list[str] = []
+    if home.cluster_file.exists() or len(client.urls) > 1:
+        nodes = cluster_cli.node_urls(client, home)
+    if nodes:  # a cluster: every node, not only the one that answered
+        running = cluster_cli.stop_nodes(client, nodes)
+        if running:
+            render.err.print(f"[yellow]still running after 10s:[/] {', '.join(running)}")
+        wait_for_lock = True  # nodes on this machine hold the home's lock until they exit
+    else:
+        client.request("POST", "/shutdown")
     deadline = time.monotonic() + 10.0
-    while pid and time.monotonic() < deadline and home.is_locked():
+    while wait_for_lock and time.monotonic() < deadline and home.is_locked():
         time.sleep(0.05)
     render.out.print("[green]✓[/] stopped")
 
