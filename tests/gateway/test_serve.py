@@ -88,7 +88,7 @@ async def names_seen(port: int, tries: int = 12) -> set[str]:
     return names
 
 
-async def eventually(port: int, want: set[str], seconds: float = 8.0) -> None:
+async def eventually(port: int, want: set[str], seconds: float = 20.0) -> None:
     deadline = time.monotonic() + seconds
     seen: set[str] = set()
     while time.monotonic() < deadline:

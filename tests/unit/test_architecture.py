@@ -54,6 +54,7 @@ PURE_MODULES = [
     "corral.telemetry.changes",
     "corral.telemetry.autoinstrument",
     "corral.kv.wire",
+    "corral.kv.service",
     "corral.gateway.plugin_budget",
     "corral.gateway.gradient",
     "corral.control.leadership",
