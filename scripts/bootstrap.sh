@@ -31,15 +31,10 @@ fi
 # in src/corral/telemetry/otel_site/. Pinned; rebuilt only when the pins change. A failure
 # leaves the platform working, with auto-instrumentation off (an event says so per instance).
 otel_site=.venv/corral-otel-site
-otel_pins="opentelemetry-api==1.45.1 opentelemetry-sdk==1.45.1 opentelemetry-semantic-conventions==0.66b1
-opentelemetry-exporter-otlp-proto-http==1.45.1 opentelemetry-exporter-otlp-proto-common==1.45.1
-opentelemetry-exporter-otlp-common==0.66b1 opentelemetry-exporter-http-transport==0.66b1
-opentelemetry-proto==1.45.1 opentelemetry-instrumentation==0.66b1 opentelemetry-util-http==0.66b1
-opentelemetry-instrumentation-urllib==0.66b1 opentelemetry-instrumentation-urllib3==0.66b1
-opentelemetry-instrumentation-requests==0.66b1 opentelemetry-instrumentation-dbapi==0.66b1
-opentelemetry-instrumentation-sqlite3==0.66b1 protobuf==7.36.2 googleapis-common-protos==1.76.0
-requests==2.34.2 urllib3==2.8.0 idna==3.20 certifi==2026.10.19.post1 charset-normalizer==3.5.3
-wrapt==2.5.2 packaging==26.4 typing-extensions==4.16.0"
+# Only what a traced app imports: our own lean spans, instrumentations and OTLP encoder live in
+# src/corral/telemetry/otel_site/, so nothing here can shadow an app's requests, urllib3 or protobuf.
+otel_pins="opentelemetry-api==1.45.1 opentelemetry-sdk==1.45.1
+opentelemetry-semantic-conventions==0.66b1 typing-extensions==4.16.0"
 otel_digest=$(printf '%s' "$otel_pins" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$otel_site/.corral-installed" 2>/dev/null)" != "$otel_digest" ]; then
   echo "bootstrap: building the OpenTelemetry site for auto-instrumentation ($otel_site)" >&2

@@ -103,8 +103,11 @@ def test_an_interpreter_that_can_load_the_site_says_so(tmp_path: Path) -> None:
 
 
 def test_a_broken_site_never_breaks_the_app(tmp_path: Path) -> None:
-    # The bootstrap with an empty packages dir (this venv lacks the instrumentations): the app
-    # runs all the same, and its log says once why it is not traced.
+    # The bootstrap with a packages dir whose OpenTelemetry cannot be imported (it shadows the
+    # copy in this venv): the app runs all the same, and its log says once why it is not traced.
+    broken = tmp_path / "opentelemetry"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('a half-installed site')\n")
     env = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": f"{BOOTSTRAP_DIR}:{tmp_path}",
@@ -120,3 +123,43 @@ def test_a_broken_site_never_breaks_the_app(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert done.stdout == "app ran\n"
     assert done.stderr.count("corral-otel: unavailable") == 1, done.stderr
+
+
+ENCODER_CHECK = r"""
+import sys
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import _corral_otlp
+
+memory = InMemorySpanExporter()
+provider = TracerProvider(resource=Resource({"service.name": "shop", "n": 7, "ok": True}))
+provider.add_span_processor(SimpleSpanProcessor(memory))
+tracer = provider.get_tracer("corral.test", "1.0")
+with tracer.start_as_current_span("GET", kind=trace.SpanKind.SERVER) as root:
+    root.set_attribute("http.response.status_code", 200)
+    with tracer.start_as_current_span("SELECT", kind=trace.SpanKind.CLIENT) as child:
+        child.set_attributes({"db.statement": "SELECT 1 -- é", "ratio": 0.5, "tags": ["a", "b"]})
+        child.record_exception(ValueError("boom"))
+        child.set_status(trace.Status(trace.StatusCode.ERROR, "boom"))
+        child.add_link(root.get_span_context(), {"why": "test"})
+spans = memory.get_finished_spans()
+theirs = ExportTraceServiceRequest.FromString(encode_spans(spans).SerializeToString())
+ours = ExportTraceServiceRequest.FromString(_corral_otlp.encode(spans))
+print("same" if ours == theirs else f"DIFFERENT\n{ours}\n---\n{theirs}")
+"""
+
+
+@needs_site
+def test_spans_go_out_exactly_as_the_upstream_otlp_exporter_would_send_them() -> None:
+    site = find_site()
+    assert site is not None
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{site.bootstrap}:{site.packages}"}
+    done = subprocess.run(
+        [sys.executable, "-c", ENCODER_CHECK], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "same", done.stdout + done.stderr

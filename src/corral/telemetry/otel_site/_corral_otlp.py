@@ -1,0 +1,259 @@
+"""OTLP/HTTP protobuf export of SDK spans, written out by hand (loaded by ``_corral_otel``).
+
+Why not the upstream exporter: it builds protobuf message objects span by span (≈ 38 µs a span
+here) and sends them with ``requests``, whose import (with urllib3, idna, charset-normalizer,
+certifi and protobuf) costs every traced process a quarter second and puts copies of those
+libraries on the app's path. Here a span is a few byte strings joined (``encode``), and the batch
+goes out over one kept-alive ``http.client`` connection, on the batch processor's thread.
+
+The wire format is opentelemetry-proto's ``ExportTraceServiceRequest`` (field numbers below);
+tests/telemetry/test_autoinstrument.py checks it decodes with the upstream message classes to
+what the upstream encoder produces. Settings: ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``,
+``…_HEADERS`` (``k=v`` pairs, percent-encoded) and ``…_TIMEOUT`` (seconds), as the SDK reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    import http.client
+
+_DOUBLE = struct.Struct("<d")
+_FIXED64 = struct.Struct("<Q")
+_FIXED32 = struct.Struct("<I")
+
+
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _SMALL[value]
+    if value < 0:
+        value += 1 << 64  # int64 on the wire: two's complement in ten bytes
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2): strings, bytes, messages."""
+    size = len(payload)
+    tag = _SMALL[number << 3 | 2] if number < 16 else _varint(number << 3 | 2)
+    return tag + (_SMALL[size] if size < 128 else _varint(size)) + payload
+
+
+def _text(number: int, value: str) -> bytes:
+    return _field(number, value.encode("utf-8", "replace")) if value else b""
+
+
+def _fixed64(number: int, value: int) -> bytes:
+    return _varint(number << 3 | 1) + _FIXED64.pack(value & 0xFFFFFFFFFFFFFFFF)
+
+
+def _any_value(value: Any) -> bytes:
+    """AnyValue: 1 string, 2 bool, 3 int, 4 double, 5 array (field order of the oneof)."""
+    if isinstance(value, str):
+        return _field(1, value.encode("utf-8", "replace"))
+    if isinstance(value, bool):
+        return b"\x10" + (b"\x01" if value else b"\x00")
+    if isinstance(value, int):
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + _DOUBLE.pack(value)
+    if isinstance(value, (bytes, bytearray)):
+        return _field(7, bytes(value))
+    if isinstance(value, Sequence):
+        return _field(5, b"".join(_field(1, _any_value(v)) for v in value))
+    return _field(1, str(value).encode("utf-8", "replace"))
+
+
+_KEYS: dict[str, bytes] = {}
+
+
+def _key(key: str) -> bytes:
+    """A KeyValue's key field, kept: the same few keys come back in every span."""
+    encoded = _KEYS.get(key)
+    if encoded is None:
+        encoded = _field(1, key.encode("utf-8", "replace"))
+        if len(_KEYS) < 4096:  # bounded: an app inventing keys must not grow this forever
+            _KEYS[key] = encoded
+    return encoded
+
+
+def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
+    if not attributes:
+        return b""
+    return b"".join(
+        _field(number, _key(key) + _field(2, _any_value(value)))
+        for key, value in attributes.items()
+    )
+
+
+def _span(span: Any) -> bytes:
+    """One ``Span`` message from an SDK ``ReadableSpan``."""
+    ctx = span.context
+    parent = span.parent
+    parts = [
+        _field(1, ctx.trace_id.to_bytes(16, "big")),
+        _field(2, ctx.span_id.to_bytes(8, "big")),
+    ]
+    state = ctx.trace_state.to_header() if ctx.trace_state else ""
+    if state:
+        parts.append(_text(3, state))
+    if parent is not None:
+        parts.append(_field(4, parent.span_id.to_bytes(8, "big")))
+    parts.append(_text(5, span.name))
+    parts.append(b"\x30" + _varint(span.kind.value + 1))  # the SDK's kinds count from 0
+    parts.append(_fixed64(7, span.start_time or 0))
+    parts.append(_fixed64(8, span.end_time or 0))
+    parts.append(_attributes(9, span.attributes))
+    if span.dropped_attributes:
+        parts.append(b"\x50" + _varint(span.dropped_attributes))
+    for event in span.events:
+        body = _fixed64(1, event.timestamp) + _text(2, event.name)
+        parts.append(_field(11, body + _attributes(3, event.attributes)))
+    for link in span.links:
+        body = _field(1, link.context.trace_id.to_bytes(16, "big"))
+        body += _field(2, link.context.span_id.to_bytes(8, "big"))
+        body += _attributes(4, link.attributes)
+        link_flags = 0x300 if link.context.is_remote else 0x100
+        parts.append(_field(13, body + b"\x35" + _FIXED32.pack(link_flags)))  # 6, fixed32
+    status = span.status
+    code = status.status_code.value
+    body = _text(2, status.description or "")
+    if code:
+        body += b"\x18" + _varint(code)
+    parts.append(_field(15, body))  # always, even empty, as the upstream encoder does
+    # Only HAS_IS_REMOTE and IS_REMOTE, as the upstream encoder sets them.
+    flags = 0x300 if parent is not None and parent.is_remote else 0x100
+    parts.append(b"\x85\x01" + _FIXED32.pack(flags))  # field 16, wire type 5
+    return b"".join(parts)
+
+
+def encode(spans: Iterable[Any]) -> bytes:
+    """An ``ExportTraceServiceRequest``: spans grouped by resource, then by scope."""
+    groups: dict[int, tuple[Any, dict[tuple[str, str], list[bytes]]]] = {}
+    for span in spans:
+        resource = span.resource
+        _, scopes = groups.setdefault(id(resource), (resource, {}))
+        scope = span.instrumentation_scope
+        key = (scope.name, scope.version or "") if scope is not None else ("", "")
+        scopes.setdefault(key, []).append(_field(2, _span(span)))
+    out = []
+    for resource, scopes in groups.values():
+        body = _field(1, _attributes(1, resource.attributes))
+        for (name, version), encoded in scopes.items():
+            scope_msg = _field(1, _text(1, name) + _text(2, version))
+            body += _field(2, scope_msg + b"".join(encoded))
+        if resource.schema_url:
+            body += _text(3, resource.schema_url)
+        out.append(_field(1, body))
+    return b"".join(out)
+
+
+def _setting(name: str, default: str = "") -> str:
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or os.environ.get(
+        f"OTEL_EXPORTER_OTLP_{name}", default
+    )
+
+
+def _headers() -> dict[str, str]:
+    out = {"Content-Type": "application/x-protobuf", "User-Agent": "corral-otel"}
+    for pair in _setting("HEADERS").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            out[unquote(key.strip())] = unquote(value.strip())
+    return out
+
+
+class Exporter:
+    """Posts each batch to the collector over one kept-alive connection; a batch that still
+    fails after the retries is dropped (each kind of failure said once on stderr), so a
+    collector that is down never piles spans up in the app beyond the processor's bounded
+    queue. Used by the SDK's ``BatchSpanProcessor`` from its own thread."""
+
+    def __init__(self) -> None:
+        traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+        url = urlsplit(traces or base.rstrip("/") + "/v1/traces")
+        self._https = url.scheme == "https"
+        self._host = url.hostname or "localhost"
+        self._port = url.port or (443 if self._https else 80)
+        self._path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        self._timeout = float(_setting("TIMEOUT", "10") or 10)
+        self._headers = _headers()
+        self._conn: http.client.HTTPConnection | None = None
+        self._warned: set[str] = set()
+        # Imported here, not at the top: a process that never starts tracing does not pay for
+        # http.client (with ssl and email); and not in the processor's thread, where an import
+        # can wait on the import lock the app's main thread holds.
+        import http.client
+
+        self._http = http
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            http = self._http
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self._timeout)
+        return self._conn
+
+    def send(self, body: bytes) -> bool:
+        """Post one batch; a refused connection, 429 or 5xx is retried with backoff (as the
+        upstream exporter does: a collector that starts after the app loses nothing) for at
+        most the export timeout, in the processor's thread, never the app's."""
+        http = self._http
+        deadline = time.monotonic() + self._timeout
+        delay = 0.25
+        while True:
+            failure = self._post(http, body)
+            if failure is None:
+                return True
+            kind, message, retry = failure
+            if not retry or time.monotonic() + delay > deadline:
+                self._warn(kind, message)
+                return False
+            time.sleep(delay)
+            delay *= 2
+
+    def _post(self, http: Any, body: bytes) -> tuple[str, str, bool] | None:
+        """None when the collector took the batch; otherwise (kind, message, worth a retry)."""
+        for attempt in (1, 2):  # a kept-alive connection the server closed: one reconnect
+            conn = self._connection()
+            try:
+                conn.request("POST", self._path, body=body, headers=self._headers)
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException) as error:
+                self.close()
+                if attempt == 2:
+                    return type(error).__name__, f"{type(error).__name__}: {error}", True
+                continue
+            if response.will_close:
+                self.close()
+            if 200 <= response.status < 300:
+                return None
+            retry = response.status == 429 or response.status >= 500
+            return str(response.status), f"the collector answered {response.status}", retry
+        return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _warn(self, kind: str, message: str) -> None:
+        if kind not in self._warned:  # once each: a collector away must not flood the app's log
+            self._warned.add(kind)
+            sys.stderr.write(f"corral-otel: spans not exported: {message}\n")
