@@ -180,6 +180,9 @@ def test_killed_server_readopts_running_instances_and_learns_exits_while_down(
         )
         assert db[0]["id"] == "db-0" and db[0]["last_exit"] == "killed by SIGKILL"
         assert len(platform.instances()) == 3  # no duplicate, no lost instance
+        # Supervision of the adopted instances carried on: their probes run (none broke).
+        logs = "".join(p.read_text() for p in platform.home.path.glob("server.*") if p.is_file())
+        assert "probing" not in logs
     finally:
         platform.destroy()
 

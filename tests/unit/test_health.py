@@ -70,3 +70,10 @@ def test_probes_come_due_every_period_after_their_initial_delay() -> None:
     assert health.due(15.0) == ["readiness"]
     health.observe("readiness", True, "ok", 15.0)
     assert health.next_due(15.0) == 17.0
+
+
+def test_an_instance_re_adopted_while_routable_owes_no_started_action() -> None:
+    health = InstanceHealth({"liveness": FAST}, spawned_at=100.0)
+    health.routable = health.was_routable = True  # what the agent sets for a `run` instance
+    assert health.initial_actions() == []
+    assert health.active() == ["liveness"]  # and its probes go on

@@ -87,8 +87,9 @@ class InstanceHealth:
             self.started = True
 
     def initial_actions(self) -> list[HealthAction]:
-        """Actions owed right after spawn (an instance without a startup probe is started)."""
-        return [Started("process is up")] if self.started else []
+        """Actions owed right after spawn (an instance without a startup probe is started).
+        An instance re-adopted while routable owes none: it is past ``started`` already."""
+        return [Started("process is up")] if self.started and not self.routable else []
 
     def active(self) -> list[ProbeName]:
         """The probes that should run now, in a fixed order."""
