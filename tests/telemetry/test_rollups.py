@@ -37,6 +37,23 @@ def test_linker_cells_equal_brute_force_in_any_arrival_order(seed: int, count: i
     assert linker.waiting == 0
 
 
+def test_a_batch_offered_into_one_list_rolls_up_like_span_by_span() -> None:
+    spans = traces(random.Random(5), 60)
+    random.Random(6).shuffle(spans)
+    one_by_one, batched = Linker(window_s=60), Linker(window_s=60)
+    expected: dict[tuple[int, Key], Cell] = {}
+    for span in spans:
+        accumulate(expected, one_by_one.offer(span, facts(span), 1.0))
+    accumulate(expected, one_by_one.flush())
+    done: list[tuple[int, Key, Span]] = []
+    for span in spans:
+        batched.offer(span, facts(span), 1.0, done)
+    done += batched.flush()
+    cells: dict[tuple[int, Key], Cell] = {}
+    accumulate(cells, done)
+    assert as_tuples(cells) == as_tuples(expected) == as_tuples(brute_cells(spans))
+
+
 def test_spans_whose_partners_never_come_are_counted_after_the_window() -> None:
     spans = traces(random.Random(3), 20)
     orphans = [s for s in spans if s.kind != "SERVER" or s.parent_id is not None]  # no roots

@@ -62,11 +62,11 @@ from corral.telemetry.hostmetrics import (
     SeriesRetention,
     exposition,
 )
-from corral.telemetry.metrics_api import MetricsKeeper
+from corral.telemetry.metrics_api import MetricsKeeper, scrape_platform
 from corral.telemetry.model import Facts, Span
 from corral.telemetry.normalize import Normalizer
 from corral.telemetry.retention import DEFAULT_TIERS, Tier, parse_tiers
-from corral.telemetry.rollup import Cell, Key, Linker, accumulate
+from corral.telemetry.rollup import Cell, Done, Key, Linker, accumulate
 from corral.telemetry.store import Retention, SpanStore, SqliteSpanStore, TraceQuery
 from corral.telemetry.tsdb import TimeSeriesDB
 
@@ -113,17 +113,19 @@ class Ingestor:
         hosts = self.hosts
         learnt: list[tuple[str, str]] = []
         pairs: list[tuple[Span, Facts]] = []
-        cells: dict[tuple[int, Key], Cell] = {}
+        done: list[Done] = []
         for span in spans:
             f = facts(span)
             pairs.append((span, f))
-            accumulate(cells, offer(span, f, now_s))
+            offer(span, f, now_s, done)
             if not hosts.get(span.instance):
                 host = span.attributes.get("host.name", "")
                 if host or span.instance not in hosts:
                     hosts[span.instance] = host
                     if host:
                         learnt.append((span.instance, host))
+        cells: dict[tuple[int, Key], Cell] = {}
+        accumulate(cells, done)
         accumulate(cells, self.linker.expire(now_s))
         self.store.write(pairs, cells)
         self.stored += len(pairs)
@@ -758,9 +760,16 @@ async def serve(home: Home, host: str, port: int, config: CollectorConfig | None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    scraper = None  # the platform's own counters into the time series (metrics_api)
+    if collector.keeper is not None:
+        scraper = loop.create_task(scrape_platform(collector.keeper, home))
     try:
         await stop.wait()
     finally:
+        if scraper is not None:
+            scraper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scraper
         with contextlib.suppress(FileNotFoundError):
             (home.path / "collector").unlink()
         await collector.stop()

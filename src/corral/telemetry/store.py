@@ -210,8 +210,15 @@ class SqliteSpanStore:
         name = self._name
         part_us = self._partition_us
         encode = _body_encoder.encode
+        fromhex = bytes.fromhex
+        kind_code = KIND_CODE.get
+        # The hot path of ingest: `known(x) or name(x, new_names)` — ids start at 1, so a
+        # known name costs one dict lookup and no call.
         with self._lock:
+            known = self._names.get
             key_ids = self._attr_keys
+            part_index = -1
+            batch: list[tuple[Any, ...]] = []
             for span, facts in spans:
                 attributes = span.attributes
                 names = tuple(attributes)
@@ -223,34 +230,40 @@ class SqliteSpanStore:
                 attrs: list[Any] = [None] * (2 * len(ids))
                 attrs[::2] = ids
                 attrs[1::2] = attributes.values()
-                kind = KIND_CODE.get(span.kind, 0)
+                kind = kind_code(span.kind, 0)
+                parent = span.parent_id
                 flags = (
                     (ERROR if span.error else 0)
-                    | (ROOT_SPAN if span.parent_id is None else 0)
+                    | (ROOT_SPAN if parent is None else 0)
                     | (kind << _KIND_SHIFT)
                     | (SHARED if span.shared else 0)
                 )
+                remote = span.remote_service
                 body = encode(
                     (
                         span.span_id,
-                        span.parent_id,
-                        name(span.name, new_names),
+                        parent,
+                        known(span.name) or name(span.name, new_names),
                         kind,
-                        name(span.instance, new_names),
+                        known(span.instance) or name(span.instance, new_names),
                         span.status,
                         attrs,
                         span.events,
-                        name(span.remote_service, new_names),
+                        known(remote) or name(remote, new_names),
                         span.peer,
                     )
                 )
-                rows.setdefault(span.start_us // part_us, []).append(
+                start = span.start_us
+                if start // part_us != part_index:
+                    part_index = start // part_us
+                    batch = rows.setdefault(part_index, [])
+                batch.append(
                     (
-                        bytes.fromhex(span.trace_id),
-                        span.start_us,
+                        fromhex(span.trace_id),
+                        start,
                         span.duration_us,
-                        name(span.service, new_names),
-                        name(facts.endpoint, new_names),
+                        known(span.service) or name(span.service, new_names),
+                        known(facts.endpoint) or name(facts.endpoint, new_names),
                         flags,
                         body,
                     )
