@@ -52,6 +52,15 @@ def test_validate_exits_0_for_a_good_manifest_and_2_with_every_problem(tmp_path:
     assert "Traceback" not in result.stderr
 
 
+def test_a_kv_quorum_without_read_your_writes_is_valid_but_warned_about(tmp_path: Path) -> None:
+    manifest = tmp_path / "kv.yaml"
+    manifest.write_text("services:\n  carts: {kind: kv, instances: 3, kv: {n: 3, r: 1, w: 1}}\n")
+    result = corral(tmp_path, "validate", str(manifest))
+    assert result.returncode == 0, result.stderr
+    assert "warning: services.carts.kv" in result.stderr
+    assert "not read-your-writes" in result.stderr
+
+
 def test_commands_without_a_running_platform_exit_3(tmp_path: Path) -> None:
     result = corral(tmp_path / "nothing", "status")
     assert result.returncode == 3

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 import yaml
+from rich.markup import escape
 
 from corral import __version__
 from corral.cli import alerts as alerts_cli
@@ -49,7 +50,14 @@ def _client() -> Client:
 
 
 def _load(path: str) -> LoadedManifest:
-    return load_manifest(path)
+    loaded = load_manifest(path)
+    for name, service in sorted(loaded.manifest.services.items()):
+        # Valid, but worth knowing before it surprises someone (the manifest has no warnings
+        # channel of its own; the CLI is where a person reads them).
+        warning = service.kv.warning() if service.kv is not None else ""
+        if warning:
+            render.err.print(f"[yellow]warning:[/] services.{name}.kv: {escape(warning)}")
+    return loaded
 
 
 def _user() -> str:
