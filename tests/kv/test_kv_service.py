@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from corral.errors import UserError
+from corral.kv import http as kv_http
 from corral.kv.coordinator import Quorum
 from corral.kv.http import HttpProtocol
 from corral.kv.node import KvNode, NodeConfig
@@ -140,7 +141,7 @@ def test_a_delete_is_not_resurrected_by_anti_entropy_from_a_stale_replica(
 
 
 async def test_the_http_api_answers_pipelined_chunked_and_closing_requests_in_order(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The node speaks HTTP/1.1 itself: the framing clients rely on, on one in-process node."""
     node = KvNode(
@@ -169,6 +170,15 @@ async def test_the_http_api_answers_pipelined_chunked_and_closing_requests_in_or
         assert answers[1].endswith(b"\r\n\r\nabcde")  # the chunked body, de-chunked
         assert b"no route GET /nowhere" in answers[2]
         assert b"Connection: close" in answers[3]  # and the server closed: read() returned
+
+        # A body over the limit is refused whole: nothing of it is stored.
+        monkeypatch.setattr(kv_http, "MAX_BODY", 8)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"PUT /kv/carts/big HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n")
+        writer.write(b"0123456789ab")
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 413")
+        writer.close()
+        assert not (await node.get("carts/big", 1)).exists
     finally:
         server.close()
         await node.stop()

@@ -119,6 +119,18 @@ def test_missing_telemetry_neither_fires_nor_resolves() -> None:
     assert _run(rule, timeline) == [(0.0, "firing")]
 
 
+def test_a_service_that_goes_silent_keeps_its_alert_until_it_is_removed() -> None:
+    rule = Rule("errors", "error_rate", 0.05, window_s=60)
+    declared = frozenset({"orders"})
+    timeline = [
+        (0.0, Observations(0, services=_errors({0: 0.5}), declared=declared)),
+        (60.0, Observations(1, services={}, declared=declared)),  # down: no spans at all
+        (120.0, Observations(2, services={}, declared=declared)),
+        (180.0, Observations(3, services={}, declared=frozenset())),  # removed from the manifest
+    ]
+    assert _run(rule, timeline) == [(0.0, "firing"), (180.0, "resolved")]
+
+
 def test_latency_alert_carries_its_evidence() -> None:
     rule = Rule("slow", "latency", 300_000, window_s=300, quantile=0.95, min_calls=5)
     hist = [0] * 29

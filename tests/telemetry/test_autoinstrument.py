@@ -163,3 +163,19 @@ def test_spans_go_out_exactly_as_the_upstream_otlp_exporter_would_send_them() ->
         [sys.executable, "-c", ENCODER_CHECK], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.stdout.strip() == "same", done.stdout + done.stderr
+
+
+def test_credentials_in_urls_never_reach_a_span() -> None:
+    sys.path.insert(0, str(BOOTSTRAP_DIR))
+    try:
+        import _corral_otel  # type: ignore[import-not-found]  # the bootstrap apps load, on its own path
+    finally:
+        sys.path.remove(str(BOOTSTRAP_DIR))
+    url = "https://user:hunter2@api.example/v1/x?limit=5&access_token=abc&Signature=s#top"
+    redacted = _corral_otel.redact_url(url)
+    assert "hunter2" not in redacted and "abc" not in redacted and "=s#" not in redacted
+    assert redacted == (
+        "https://REDACTED:REDACTED@api.example/v1/x?limit=5&access_token=REDACTED"
+        "&Signature=REDACTED#top"
+    )
+    assert _corral_otel.redact_query("q=shoes&password=pw") == "q=shoes&password=REDACTED"

@@ -25,7 +25,7 @@ import msgspec
 
 from corral import clock, model
 from corral.control import events
-from corral.control.state import load_instances
+from corral.control.state import load_instances, load_services
 from corral.control.webhooks import Delivery, Hook, WebhookSender
 from corral.errors import UserError
 from corral.home import Home
@@ -270,6 +270,7 @@ class Alerter:
             return alerts.Observations(minute, instances=instances)
         return alerts.Observations(
             minute,
+            declared=frozenset(await load_services(self.store)),
             services=signals.observed_services(found),
             objectives=signals.observed_objectives(found),
             instances=instances,

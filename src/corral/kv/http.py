@@ -171,6 +171,7 @@ class HttpProtocol(asyncio.Protocol):
         self.size = 0
         self.queue: deque[Request] = deque()
         self.busy: asyncio.Task[None] | None = None
+        self.failed = False  # answered with an error and closing: nothing more is routed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike
@@ -181,6 +182,8 @@ class HttpProtocol(asyncio.Protocol):
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.failed:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -189,10 +192,15 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(400, f"malformed HTTP request: {exc}")
 
     def _fail(self, status: int, message: str) -> None:
+        # The rest of this request (and any pipelined after it) must never reach the store: a
+        # body cut at the limit would be stored truncated after the client was told 413.
+        self.failed = True
+        self.queue.clear()
         if self.transport is not None:
             body = {"code": "bad_request", "message": message, "hint": "speak HTTP/1.1"}
             self.transport.write(_json(status, body).encode(keep_alive=False))
             self.transport.close()
+            self.transport = None
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -207,6 +215,8 @@ class HttpProtocol(asyncio.Protocol):
             self.request.context = value.decode("latin-1")
 
     def on_body(self, body: bytes) -> None:
+        if self.failed:
+            return
         self.size += len(body)
         if self.size > MAX_BODY:
             self._fail(413, f"request body over {MAX_BODY} bytes")
@@ -214,6 +224,8 @@ class HttpProtocol(asyncio.Protocol):
         self.request.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.failed:
+            return
         req = self.request
         req.method = self.parser.get_method()
         req.keep_alive = self.parser.should_keep_alive()

@@ -150,6 +150,9 @@ class Observations:
     instances: Sequence[InstanceObs] | None = None
     hosts: Mapping[str, HostObs] | None = None
     examples: Mapping[str, Sequence[str]] = field(default_factory=dict)  # service → trace ids
+    # the services the manifest declares (None: unknown). A declared service that sends no
+    # spans at all is silent, not healthy: its traffic alerts stay as they are.
+    declared: frozenset[str] | None = None
 
 
 # -- records -------------------------------------------------------------------------------
@@ -408,8 +411,10 @@ def evaluate(
             if alert.state == "pending":
                 continue
             quiet = obs.services is not None and alert.service in obs.services
-            if _is_traffic_kind(rule.kind) and quiet:
-                # Below min_calls the window says nothing: keep the alert as it is.
+            silent = obs.declared is None or alert.service in obs.declared
+            if _is_traffic_kind(rule.kind) and (quiet or silent):
+                # Below min_calls, or no spans at all from a service that still exists: the
+                # window says nothing (a service that went down must not resolve its alert).
                 out[alert_id] = alert
                 continue
             gone = Check(

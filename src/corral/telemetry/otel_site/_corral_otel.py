@@ -242,6 +242,35 @@ def _excluded_urls() -> Any:
     return re.compile("|".join(parts)) if parts else None
 
 
+# Query parameters whose values are credentials (upstream's redact_url list, plus common ones):
+# spans are shown on the dashboard, so secrets in URLs must not reach them.
+_SENSITIVE_PARAM = re.compile(
+    r"(?i)(^|&)(AWSAccessKeyId|Signature|sig|X-Goog-Signature|access_token|token|api_key|apikey|"
+    r"password|secret)=[^&]*"
+)
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@?#]*@")
+
+
+def redact_query(query: str) -> str:
+    if "=" not in query:
+        return query
+    return _SENSITIVE_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}=REDACTED", query)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without ``user:password@`` and with credential parameters' values redacted."""
+    if "@" in url:
+        url = _USERINFO.sub(r"\1REDACTED:REDACTED@", url, count=1)
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    fragment = ""
+    if "#" in query:
+        query, fragment = query.split("#", 1)
+        fragment = "#" + fragment
+    return f"{base}?{redact_query(query)}{fragment}"
+
+
 def _instrument_http_server(server: ModuleType, tracer: Any) -> None:
     context = _module("opentelemetry.context")
     trace = _module("opentelemetry.trace")
@@ -279,7 +308,7 @@ def _instrument_http_server(server: ModuleType, tracer: Any) -> None:
             "server.port": self.server.server_address[1],
         }
         if query:
-            attributes["url.query"] = query
+            attributes["url.query"] = redact_query(query)
         parent = extract(self.headers) if "traceparent" in self.headers else None
         span = tracer.start_span(
             self.command, context=parent, kind=server_kind, attributes=attributes
@@ -348,7 +377,7 @@ def _instrument_urllib(request: ModuleType, tracer: Any) -> None:
         method = req.get_method()
         url = req.full_url
         host, _, port = (req.host or "").rpartition(":")
-        attributes: dict[str, Any] = {"http.request.method": method, "url.full": url}
+        attributes: dict[str, Any] = {"http.request.method": method, "url.full": redact_url(url)}
         if host and port.isdigit():
             attributes["server.address"] = host
             attributes["server.port"] = int(port)
