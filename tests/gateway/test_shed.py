@@ -3,7 +3,7 @@ and the gradient concurrency limit."""
 
 from __future__ import annotations
 
-from corral.gateway.shed import AdaptiveShedder, ConcurrencyLimiter, GradientLimit
+from corral.gateway.shed import AdaptiveShedder, ConcurrencyLimiter
 
 
 def test_requests_over_the_limit_wait_and_start_as_others_finish() -> None:
@@ -75,20 +75,3 @@ def test_a_hot_system_sheds_best_effort_first_and_critical_last() -> None:
     assert shedder.admit("critical", 1.0)  # 10 < 15
     # The cool-off ends: nothing is shed although in-flight stays high.
     assert shedder.admit("best_effort", 2.5)
-
-
-def test_a_gradient_limit_shrinks_when_latency_rises_and_grows_back_when_it_falls() -> None:
-    limit = GradientLimit(initial=50, min_limit=5, max_limit=200)
-    for _ in range(200):
-        limit.sample(0.010, in_flight=50)
-    grown = limit.limit
-    assert grown > 50
-    for _ in range(50):
-        limit.sample(0.100, in_flight=int(limit.limit))
-    assert limit.limit < grown / 2
-    for _ in range(300):
-        limit.sample(0.010, in_flight=int(limit.limit))
-    assert limit.limit > grown / 2
-    idle = GradientLimit(initial=50)
-    idle.sample(0.01, in_flight=1)
-    assert idle.limit == 50  # an unused limit does not grow

@@ -55,6 +55,7 @@ from corral.manifest.schema import Duration, PositiveDuration, Size, describe, p
 
 __all__ = [
     "METHODS",
+    "AdaptiveConcurrency",
     "Admin",
     "GatewayConfig",
     "HeaderEdits",
@@ -369,6 +370,30 @@ class Slo(_Model):
         return sorted((round(float(k[1:]) / 100, 6), v) for k, v in self.latency.items())
 
 
+class AdaptiveConcurrency(_Model):
+    """Gradient adaptive concurrency (``corral.gateway.gradient``): each worker limits the
+    requests in flight to the route's upstream cluster, and the limit follows the latency."""
+
+    initial: int = Field(default=20, ge=1, description="the limit before any sample")
+    min_limit: int = Field(default=4, ge=1, description="the limit never falls below this")
+    max_limit: int = Field(default=1000, ge=1, description="the limit never rises above this")
+    smoothing: float = Field(default=0.2, gt=0, le=1, description="share of a new estimate taken")
+    tolerance: float = Field(default=1.0, ge=1, description="latency growth tolerated (x)")
+    window: PositiveDuration = Field(default=0.1, description="samples per limit update")
+    min_samples: int = Field(default=10, ge=1, description="fewest samples per update")
+    retry_after: int = Field(default=1, ge=0, description="Retry-After (s) when refused")
+
+    @model_validator(mode="after")
+    def _order(self) -> AdaptiveConcurrency:
+        if not (self.min_limit <= self.initial <= self.max_limit):
+            raise problem(
+                f"min_limit {self.min_limit} ≤ initial {self.initial} ≤ max_limit "
+                f"{self.max_limit} does not hold",
+                "keep min_limit ≤ initial ≤ max_limit",
+            )
+        return self
+
+
 def _upstream(value: object) -> object:
     return {"address": value} if isinstance(value, str) else value
 
@@ -389,6 +414,17 @@ class Route(RoutePolicies):
     health_check: HealthCheck | None = None
     outlier: Outlier = Field(default_factory=Outlier)
     slo: Slo | None = Field(default=None, description="objectives measured at the gateway")
+    adaptive_concurrency: bool | AdaptiveConcurrency = Field(
+        default=False,
+        description="true or {initial, min_limit, …}: a gradient concurrency limit per upstream",
+    )
+
+    def adaptive_settings(self) -> AdaptiveConcurrency | None:
+        """The gradient limit's settings, or None when the route has none."""
+        found = self.adaptive_concurrency
+        if found is True:
+            return AdaptiveConcurrency()
+        return found or None
 
     @model_validator(mode="after")
     def _target(self) -> Route:
@@ -420,6 +456,11 @@ class Tls(_Model):
 
 class Admin(_Model):
     listen: Address = Field(description="the admin listener: /metrics and /healthz")
+    token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="bearer token for admin actions (cache purge, breaker reset); none: refused",
+    )
 
 
 class Limits(_Model):

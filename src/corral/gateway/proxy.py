@@ -51,8 +51,9 @@ from typing import Any, cast
 import httptools
 
 from corral.gateway import side
-from corral.gateway.config import Limits
+from corral.gateway.config import AdaptiveConcurrency, Limits
 from corral.gateway.framing import BodyFramer, FramingError, dechunk
+from corral.gateway.gradient import GradientLimit, GradientSettings
 from corral.gateway.lb import Endpoint, Picker, make_picker
 from corral.gateway.metrics import Metrics
 from corral.gateway.outlier import Outcome, OutlierDetector, routable
@@ -237,6 +238,27 @@ def _simple_response(
     return b"".join(lines)
 
 
+class AdaptiveSlot:
+    """A cluster's gradient concurrency limit in this worker, and its requests in flight."""
+
+    __slots__ = ("in_flight", "limit", "settings")
+
+    def __init__(self, settings: AdaptiveConcurrency) -> None:
+        self.settings = settings
+        self.in_flight = 0
+        self.limit = GradientLimit(
+            GradientSettings(
+                initial=settings.initial,
+                min_limit=settings.min_limit,
+                max_limit=settings.max_limit,
+                smoothing=settings.smoothing,
+                tolerance=settings.tolerance,
+                window=settings.window,
+                min_samples=settings.min_samples,
+            )
+        )
+
+
 class Pool:
     """The endpoints of one cluster, their health and their idle connections."""
 
@@ -376,6 +398,8 @@ class Gateway:
         self.table = table
         self.pools: dict[str, Pool] = {}
         self.budgets: dict[str, RetryBudget] = {}
+        # Cluster key → its gradient limit, for clusters of routes with adaptive_concurrency.
+        self.adaptive: dict[str, AdaptiveSlot] = {}
         self.connections: set[ClientConnection] = set()
         self.service_endpoints: dict[str, tuple[tuple[str, int], ...]] = {}
         self.unhealthy: dict[str, frozenset[str]] = {}
@@ -420,7 +444,18 @@ class Gateway:
             budgets[route.name] = (
                 old if old is not None and old.percent == percent else RetryBudget(percent)
             )
-        self.pools, self.budgets, self.table = pools, budgets, table
+        adaptive: dict[str, AdaptiveSlot] = {}
+        for route in table.routes:
+            settings = route.adaptive
+            if settings is None:
+                continue
+            # The first route (in match order) naming a cluster sets its limit's settings.
+            for key in (route.cluster, *(key for _, key in route.backends)):
+                if key not in adaptive:
+                    slot = self.adaptive.get(key)
+                    same = slot is not None and slot.settings == settings
+                    adaptive[key] = slot if slot is not None and same else AdaptiveSlot(settings)
+        self.pools, self.budgets, self.table, self.adaptive = pools, budgets, table, adaptive
         self._apply_policies(table)
         self._apply_telemetry(table)
         self._apply_plugins(table)
@@ -771,6 +806,8 @@ class ClientConnection(asyncio.Protocol):
         self.mirror_body: list[bytes] | None = None  # a streamed body copied for the mirror
         self.mirror_size = 0
         self.chain: PluginChain | None = None  # this request's route has plugins
+        self.adaptive_slot: AdaptiveSlot | None = None  # the gradient limit this request holds
+        self.adaptive_at = 0.0  # when it took its place in that limit
         self.plugin_request: PluginRequest | None = None
         self.plugin_wait: object | None = None  # token while an out-of-process plugin answers
 
@@ -795,6 +832,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
+        if self.adaptive_slot is not None:
+            self._adaptive_done(0.0, sample=False)
         if self.counted:
             self.gw.connections.discard(self)
             self.counted = False
@@ -1035,7 +1074,10 @@ class ClientConnection(asyncio.Protocol):
             names.update(b"\r\n" + k.lower().encode() + b":" for k, _ in route.add_headers)
             spans.extend(_spans(head, lower, sorted(names)))
         out = _without(head, spans) if spans else head
-        new_path = route.upstream_path(path, found.params)
+        if route.rewrite_prefix is None and route.rewrite_path is None:
+            new_path = path
+        else:
+            new_path = route.upstream_path(path, found.params)
         if new_path != path or url is not self._url:
             line_end = out.find(b"\r\n")
             target = new_path.encode("latin-1") + (b"?" + url[q + 1 :] if q >= 0 else b"")
@@ -1043,7 +1085,10 @@ class ClientConnection(asyncio.Protocol):
             out = method.encode() + b" " + target + b" " + version + out[line_end:]
         # One draw gives the span id and, when the request starts a trace, the trace id too.
         ids = b"%048x" % gw.rng.getrandbits(192)
-        trace_id, sampled = self._trace(values, ids)
+        if b"traceparent" in values or b"x-b3-traceid" in values or b"b3" in values:
+            trace_id, sampled = self._trace(values, ids)
+        else:  # nothing to continue: a new trace (``_trace``'s last line, without the call)
+            trace_id, sampled = ids[:32], b"-01"
         if gw.recorder is not None:
             self._trace_ids(values, trace_id, ids, host_b, path)
         request_id = values.get(b"x-request-id")
@@ -1073,7 +1118,7 @@ class ClientConnection(asyncio.Protocol):
             self._keep_alive = False  # after a refused upgrade the connection is not reused
         extra.append(b"\r\n")
         self.out_head = b"".join(extra)
-        if self.framer.done:
+        if self.framer is _NO_BODY or self.framer.done:
             self.state = _WAIT
             self.request_done = True
         else:
@@ -1471,6 +1516,8 @@ class ClientConnection(asyncio.Protocol):
         route = self.route
         if route is None:
             return
+        if self.adaptive_slot is not None:
+            self._adaptive_done(now, sample=try_latency is not None)
         gw = self.gw
         # Exemplars link a latency bucket to a trace only when the trace is being exported.
         exemplar = self.trace_id if gw.recorder is not None else None
@@ -1580,6 +1627,8 @@ class ClientConnection(asyncio.Protocol):
         gw = self.gw
         route = self.route
         assert route is not None
+        if route.adaptive is not None and self.adaptive_slot is None and self._adaptive_refused():
+            return
         pool = gw.pools.get(self.cluster)
         endpoint = pool.pick(gw.rng, self.hash_key, self.tried) if pool is not None else None
         if pool is None or endpoint is None:
@@ -1618,6 +1667,41 @@ class ClientConnection(asyncio.Protocol):
             ready, self.ready_body = self.ready_body, None
             for chunk in ready:
                 self._send(chunk)
+
+    def _adaptive_refused(self) -> bool:
+        """Take a place in the cluster's gradient limit; True when the limit is reached and
+        the request was answered 503 with Retry-After."""
+        gw = self.gw
+        slot = gw.adaptive.get(self.cluster)
+        if slot is None:
+            return False
+        if slot.limit.admits(slot.in_flight):
+            slot.in_flight += 1
+            self.adaptive_slot = slot
+            self.adaptive_at = gw.loop.time()
+            return False
+        route = self.route
+        assert route is not None
+        gw.count(route.name, "adaptive_shed")
+        self._finish(503, gw.loop.time(), None, 503)
+        self.responded = True
+        self._fail(
+            503,
+            f"route {route.name}: {slot.in_flight} requests in flight to its upstream, at "
+            f"its adaptive concurrency limit {int(slot.limit.limit)}",
+            close=not self.request_done or not self._keep_alive,
+            extra=b"Retry-After: %d\r\n" % slot.settings.retry_after,
+        )
+        return True
+
+    def _adaptive_done(self, now: float, *, sample: bool) -> None:
+        """Leave the gradient limit; ``sample``: an upstream answered, its latency counts."""
+        slot = self.adaptive_slot
+        assert slot is not None
+        self.adaptive_slot = None
+        slot.in_flight -= 1
+        if sample:
+            slot.limit.sample(now - self.adaptive_at, slot.in_flight + 1, now)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         conn.client = self
@@ -1857,6 +1941,8 @@ class ClientConnection(asyncio.Protocol):
     def _next_request(self) -> None:
         if self.special:
             self._reset_special()
+        if self.adaptive_slot is not None:  # answered without _finish: leave the limit
+            self._adaptive_done(0.0, sample=False)
         if self.state == _CLOSED:
             return
         if not self._keep_alive or not self.request_done:
@@ -1914,14 +2000,18 @@ class ClientConnection(asyncio.Protocol):
             return True
         return False
 
-    def _fail(self, status: int, message: str, *, close: bool = True) -> None:
+    def _fail(self, status: int, message: str, *, close: bool = True, extra: bytes = b"") -> None:
+        if self.adaptive_slot is not None:
+            self._adaptive_done(0.0, sample=False)
         transport = self.transport
         if transport is None or self.state == _CLOSED:
             return
         if self.upstream is not None:
             up = self.upstream
             self._end_try(up, "ok", reusable=False)
-        transport.write(_simple_response(status, message, close=close, request_id=self.request_id))
+        transport.write(
+            _simple_response(status, message, close=close, request_id=self.request_id, extra=extra)
+        )
         if close:
             self.close()
         else:

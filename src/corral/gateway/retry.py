@@ -22,7 +22,7 @@ already tried).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["IDEMPOTENT", "RETRYABLE_STATUS", "RetryBudget", "may_retry"]
 
@@ -38,7 +38,7 @@ def may_retry(method: str, route_retryable: bool, status: int | None) -> bool:
     return status is None or status in RETRYABLE_STATUS
 
 
-@dataclass
+@dataclass(slots=True)
 class RetryBudget:
     percent: float = 20.0
     min_per_second: float = 3.0
@@ -46,13 +46,16 @@ class RetryBudget:
     _tokens: float = 0.0
     _reserve: float = 0.0
     _reserve_at: float | None = None
+    _deposit: float = field(default=0.0, init=False)  # percent / 100, once: on every request
 
     def __post_init__(self) -> None:
         self._reserve = self.min_per_second  # a fresh route may retry at once
+        self._deposit = self.percent / 100.0
 
     def on_request(self) -> None:
         """A first try was sent (retries do not deposit)."""
-        self._tokens = min(self.cap, self._tokens + self.percent / 100.0)
+        tokens = self._tokens + self._deposit
+        self._tokens = tokens if tokens < self.cap else self.cap
 
     def try_spend(self, now: float) -> bool:
         """Withdraw one retry if the budget has it."""

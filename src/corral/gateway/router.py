@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from corral.gateway.config import (
+    AdaptiveConcurrency,
     GatewayConfig,
     HealthCheck,
     LoadBalancing,
@@ -113,6 +114,7 @@ class CompiledRoute:
     force_fallback: bool = False  # admin switch: the route answers its fallback
     validator: RequestValidator | None = None
     mirror: Mirror | None = None
+    adaptive: AdaptiveConcurrency | None = None  # a gradient limit on the cluster's in-flight
 
     def upstream_path(self, path: str, params: Mapping[str, str]) -> str:
         """The path to send upstream after this route's rewrite (``path`` when none)."""
@@ -159,6 +161,12 @@ class RouteTable:
     clusters: Mapping[str, Cluster]
     by_name: Mapping[str, CompiledRoute]
     config: GatewayConfig | None = None  # what the policies are built from
+    # One prebuilt match per route for matches without path parameters: most requests match
+    # such a route, and the table is immutable, so they need not build a RouteMatch each.
+    _static: tuple[RouteMatch, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_static", tuple(RouteMatch(r, _NO_PARAMS) for r in self.routes))
 
     def match(
         self,
@@ -171,7 +179,7 @@ class RouteTable:
         """The first route that takes the request, or None. ``host`` may carry a port."""
         host_l: str | None = None
         query_map: dict[str, str] | None = None
-        for route in self.routes:
+        for index, route in enumerate(self.routes):
             if route.methods is not None and method not in route.methods:
                 continue
             if route.host is not None or route.host_suffix is not None:
@@ -209,7 +217,7 @@ class RouteTable:
                     query_map = dict(parse_qsl(query, keep_blank_values=True))
                 if not all(_value_ok(query_map.get(k), want) for k, want in route.query):
                     continue
-            return RouteMatch(route, params)
+            return self._static[index] if params is _NO_PARAMS else RouteMatch(route, params)
         return None
 
 
@@ -337,6 +345,7 @@ def _compile_route(route: Route, adaptive: bool = False) -> CompiledRoute:
         force_fallback=route.force_fallback,
         validator=validator,
         mirror=mirror,
+        adaptive=route.adaptive_settings(),
     )
 
 

@@ -22,6 +22,12 @@ within about half a second:
   ejections. A worker that ejects an endpoint (it saw the failures) writes its file at once; the
   others adopt the ejection (``OutlierDetector.adopt``, under the same cap on the ejected share)
   on their next sweep, so all workers stop sending to it within half a second.
+- ``actions.json`` — ``[{seq, action, route, prefix}, …]``: admin actions (cache purge, breaker
+  reset; ``corral.gateway.admin``) posted to the admin listener with its token. Each worker
+  applies the records newer than the last it applied on its next sweep and writes the newest
+  ``seq`` to ``actions-done-<i>.json``; the admin request answers once every live worker has
+  (or after ``ACTION_WAIT`` seconds), saying how many did. A worker started later skips the
+  records already there (its cache is empty and its breakers closed anyway).
 - ``metrics-<i>.json`` — each worker's counters, written every second; the supervisor's admin
   listener (``admin: {listen: …}``) sums them for ``GET /metrics`` (Prometheus text) and answers
   ``GET /healthz``.
@@ -48,6 +54,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import hmac
 import json
 import logging
 import os
@@ -59,16 +66,20 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral import clock, ids
 from corral.errors import CorralError
+from corral.gateway import admin as gateway_admin
 from corral.gateway.config import GatewayConfig, load_gateway_config, parse_address
 from corral.gateway.healthcheck import HealthChecker
 from corral.gateway.metrics import render
 from corral.gateway.proxy import Gateway
 from corral.gateway.router import compile_routes
 from corral.telemetry.exposition import content_type, wants_openmetrics
+
+if TYPE_CHECKING:  # aiohttp is imported by the supervisor only when it has an admin listener
+    from aiohttp import web
 
 __all__ = ["Supervisor", "run_worker", "serve"]
 
@@ -78,6 +89,9 @@ CONFIG_FILE = "config.json"
 HEALTH_FILE = "health.json"
 EJECTIONS_PREFIX = "ejections-"
 METRICS_EVERY = 1.0
+ACTIONS_FILE = "actions.json"
+ACTIONS_DONE_PREFIX = "actions-done-"
+ACTION_WAIT = 3.0  # longest an admin action request waits for the workers to apply it
 
 
 def _write_atomic(path: Path, data: Any) -> None:
@@ -104,6 +118,8 @@ class Supervisor:
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.stopping = False
         self.checker = HealthChecker(self._health_changed)
+        self.actions: list[dict[str, Any]] = []  # the newest gateway_admin.ACTIONS_KEPT
+        self.action_seq = 0
         host, port = parse_address(config.listen)
         self.reserved = _reserve(host, port)
         self.host, self.port = host, self.reserved.getsockname()[1]
@@ -208,14 +224,96 @@ class Supervisor:
                 status=200 if alive else 503,
             )
 
+        token = self.config.admin.token
+
+        def refused(request: web.Request) -> web.Response | None:
+            if token is None:
+                return _problem(
+                    403, "admin actions are off", "set admin.token in the gateway config"
+                )
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return _problem(
+                    401, "missing or wrong admin token", "send Authorization: Bearer <token>"
+                )
+            return None
+
+        def unknown_route(name: str) -> web.Response | None:
+            names = [r.name for r in self.config.routes]
+            if name in names:
+                return None
+            return _problem(404, f"no route named {name!r}", f"routes: {', '.join(names)}")
+
+        async def purge(request: web.Request) -> web.Response:
+            answer = refused(request)
+            if answer is not None:
+                return answer
+            try:
+                body = await request.json() if request.can_read_body else {}
+            except ValueError:
+                return _problem(400, "the body is not JSON", 'like {"route": "api"}')
+            if not isinstance(body, dict):
+                return _problem(400, "the body is not a JSON object", 'like {"prefix": "/a"}')
+            route, prefix = str(body.get("route") or ""), str(body.get("prefix") or "")
+            if route and (answer := unknown_route(route)) is not None:
+                return answer
+            if prefix and not prefix.startswith("/"):
+                return _problem(400, f"prefix {prefix!r} is not a path", "start it with /")
+            return await self._act(gateway_admin.GatewayAction("purge", route, prefix))
+
+        async def breaker_reset(request: web.Request) -> web.Response:
+            answer = refused(request) or unknown_route(request.match_info["name"])
+            if answer is not None:
+                return answer
+            name = request.match_info["name"]
+            return await self._act(gateway_admin.GatewayAction("reset_breaker", route=name))
+
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
+        app.router.add_post("/api/v1/gateway/cache/purge", purge)
+        app.router.add_post("/api/v1/gateway/routes/{name}/breaker/reset", breaker_reset)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = parse_address(self.config.admin.listen)
         await web.TCPSite(runner, host, port).start()
         return runner
+
+    async def _act(self, action: gateway_admin.GatewayAction) -> web.Response:
+        """Hand an admin action to every worker through the state directory; answer once
+        they all applied it (or after ``ACTION_WAIT``)."""
+        from aiohttp import web
+
+        self.action_seq += 1
+        seq = self.action_seq
+        record = {"seq": seq, "action": action.action, "route": action.route}
+        record["prefix"] = action.prefix
+        self.actions = [*self.actions, record][-gateway_admin.ACTIONS_KEPT :]
+        _write_atomic(self.state / ACTIONS_FILE, self.actions)
+        sys.stderr.write(f"gateway admin: {gateway_admin.describe(action)}\n")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACTION_WAIT
+        while True:
+            alive = sorted(i for i, p in self.workers.items() if p.poll() is None)
+            applied = [i for i in alive if self._applied(i) >= seq]
+            if len(applied) == len(alive) or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        return web.json_response(
+            {**record, "workers": len(alive), "applied_by": len(applied)},
+            status=200 if len(applied) == len(alive) else 504,
+        )
+
+    def _applied(self, index: int) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return int(json.loads((self.state / f"{ACTIONS_DONE_PREFIX}{index}.json").read_text()))
+        return 0
+
+
+def _problem(status: int, message: str, hint: str) -> web.Response:
+    from aiohttp import web
+
+    return web.json_response({"code": "admin", "message": message, "hint": hint}, status=status)
 
 
 def serve(config_path: str | Path, ready: Callable[[str, int], None] | None = None) -> int:
@@ -258,6 +356,8 @@ class _Worker:
         self.loading = False
         self.ejections: dict[tuple[str, str], float] = {}  # ours: (cluster, address) → wall until
         self.ejection_mtimes: dict[str, float] = {}  # the other workers' files
+        self.actions_mtime = 0.0
+        self.actions_done = -1  # the newest admin action seq applied; -1: not read yet
 
     def _read_config(self) -> tuple[int, GatewayConfig]:
         data = json.loads((self.state / CONFIG_FILE).read_text())
@@ -290,6 +390,7 @@ class _Worker:
             workers=config.workers,
         )
         self._poll_health()
+        self._poll_actions()  # before serving: what is there now is older than this worker
         host, port = parse_address(listen)
         sock = _reserve(host, port)
         sock.listen(1024)
@@ -312,6 +413,7 @@ class _Worker:
             self._poll_config()
             self._poll_health()
             self._poll_ejections()
+            self._poll_actions()
             if self.tls_files is not None:
                 with contextlib.suppress(OSError, ssl.SSLError):
                     files = self.tls_files
@@ -416,6 +518,39 @@ class _Worker:
                     and pool.outlier.adopt(address, float(until) + offset, gw.now)
                 ):
                     pool.refresh(gw.now)
+
+    def _poll_actions(self) -> None:
+        """Apply admin actions posted since the last sweep; at start, skip the old ones."""
+        gw = self.gw
+        assert gw is not None
+        path = self.state / ACTIONS_FILE
+        try:
+            mtime = path.stat().st_mtime
+            if mtime == self.actions_mtime and self.actions_done >= 0:
+                return
+            records = json.loads(path.read_text())
+        except FileNotFoundError:
+            if self.actions_done >= 0:
+                return
+            records, mtime = [], 0.0
+        except (OSError, ValueError):
+            return
+        self.actions_mtime = mtime
+        newest = max((int(r["seq"]) for r in records), default=0)
+        if self.actions_done < 0:  # started after these: nothing of ours to purge or reset
+            self.actions_done = newest
+        else:
+            for record in records:
+                if int(record["seq"]) <= self.actions_done:
+                    continue
+                action = gateway_admin.GatewayAction(
+                    record["action"], route=record["route"], prefix=record["prefix"]
+                )
+                touched = gateway_admin.apply(gw, action, gw.loop.time())
+                log.info("gateway admin: %s (%d touched)", gateway_admin.describe(action), touched)
+            self.actions_done = max(self.actions_done, newest)
+        with contextlib.suppress(OSError):
+            _write_atomic(self.state / f"{ACTIONS_DONE_PREFIX}{self.index}.json", self.actions_done)
 
     def _poll_health(self) -> None:
         gw = self.gw

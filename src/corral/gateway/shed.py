@@ -28,11 +28,7 @@ so a sudden surge is also caught between samples: in flight above ``surge`` (2) 
 means queues are building whatever the samples say. Until one full bucket exists, nothing is
 shed (no estimate yet). The estimate is refreshed when a bucket rolls over, not per request.
 
-**Gradient adaptive concurrency** (``GradientLimit``; Netflix concurrency-limits' Gradient2,
-Envoy's adaptive concurrency filter): per upstream, limit ← limit × clamp(tolerance ×
-long-term RTT / RTT, 0.5, 1) + √limit, smoothed, within [min_limit, max_limit]; latency rising
-above its long-term average shrinks the limit, and a limit not in use (in flight below half)
-does not grow. Feed it to a ``ConcurrencyLimiter`` via ``set_limit``.
+Adaptive concurrency per upstream (Gradient2) is ``corral.gateway.gradient``.
 
 Shed requests are answered 503 with ``Retry-After`` (``SHED_RETRY_AFTER``). Pure: time comes
 in as ``now``; nothing here reads a clock or draws randomness.
@@ -52,7 +48,6 @@ __all__ = [
     "AdaptiveShedder",
     "Admission",
     "ConcurrencyLimiter",
-    "GradientLimit",
     "Priority",
 ]
 
@@ -272,53 +267,3 @@ class AdaptiveShedder:
             self._capacity = max(1.0, max_pass / self._bucket_width * min_rt)
         else:
             self._capacity = math.inf
-
-
-class GradientLimit:
-    """Gradient2 adaptive concurrency for one upstream (see the module docstring)."""
-
-    __slots__ = (
-        "_long_rtt",
-        "limit",
-        "long_samples",
-        "max_limit",
-        "min_limit",
-        "smoothing",
-        "tolerance",
-    )
-
-    def __init__(
-        self,
-        initial: float = 20.0,
-        *,
-        min_limit: float = 4.0,
-        max_limit: float = 1000.0,
-        smoothing: float = 0.2,
-        tolerance: float = 1.5,
-        long_samples: int = 600,
-    ) -> None:
-        self.limit = initial
-        self.min_limit = min_limit
-        self.max_limit = max_limit
-        self.smoothing = smoothing
-        self.tolerance = tolerance
-        self.long_samples = long_samples
-        self._long_rtt = 0.0
-
-    def sample(self, rtt: float, in_flight: int) -> int:
-        """One finished request's latency and the in-flight count when it started; returns the
-        new limit (rounded down)."""
-        if self._long_rtt == 0.0:
-            self._long_rtt = rtt
-        else:
-            self._long_rtt += (rtt - self._long_rtt) / self.long_samples
-            if self._long_rtt > rtt * 2:
-                # After a spell of high latency, let the baseline fall fast (as Gradient2 does).
-                self._long_rtt *= 0.95
-        if in_flight < self.limit / 2:
-            return int(self.limit)
-        gradient = max(0.5, min(1.0, self.tolerance * self._long_rtt / max(rtt, 1e-9)))
-        target = self.limit * gradient + math.sqrt(self.limit)
-        limit = self.limit * (1 - self.smoothing) + target * self.smoothing
-        self.limit = min(self.max_limit, max(self.min_limit, limit))
-        return int(self.limit)
