@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 from typing import Any
 
 from corral.dashboard.changes import KINDS, changes, classify
+from corral.telemetry import changes as query
 
 
 def event(kind: str, reason: str, at: float = 100.0, **extra: str) -> dict[str, Any]:
@@ -68,3 +71,13 @@ def test_changes_keep_event_order_and_drop_those_before_the_window() -> None:
     found = changes(events, since=15.0)
     assert [(c.at, c.kind) for c in found] == [(30.0, "deploy"), (40.0, "scale")]
     assert all(c.kind in KINDS for c in found)
+
+
+def test_the_changes_query_and_the_markers_share_one_classifier_owned_by_telemetry() -> None:
+    # Telemetry must not depend on the dashboard: the classifier lives in telemetry.
+    assert classify is query.classify and KINDS is query.KINDS
+    tree = ast.parse(inspect.getsource(query))
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if m.startswith("corral.dashboard")]
+    row = query.change_of(event("service", "rollback to v2"))
+    assert row is not None and row.kind == "rollback" and row.service == "web"

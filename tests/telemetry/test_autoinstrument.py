@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +184,81 @@ def test_credentials_in_urls_never_reach_a_span() -> None:
         "&Signature=REDACTED#top"
     )
     assert _corral_otel.redact_query("q=shoes&password=pw") == "q=shoes&password=REDACTED"
+
+
+# A traced app that stops on SIGTERM the way the example shop does (sys.exit), with spans
+# still queued in the batch processor when it is told to stop.
+STOPPABLE_APP = """
+import signal, sqlite3, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+db = sqlite3.connect(":memory:")
+for _ in range(3):
+    db.execute("SELECT 1")
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    posts: list[bytes] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).posts.append(body)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _seconds_to_stop(port: int) -> float:
+    site = find_site()
+    assert site is not None
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{site.bootstrap}:{site.packages}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_SERVICE_NAME": "stoppable",
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before the app is told to stop
+    }
+    app = subprocess.Popen(
+        [sys.executable, "-c", STOPPABLE_APP], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert app.stdout is not None and app.stdout.readline() == "ready\n"
+        began = time.monotonic()
+        app.send_signal(signal.SIGTERM)
+        assert app.wait(30) == 0
+        return time.monotonic() - began
+    finally:
+        app.kill()
+        app.wait()
+
+
+@needs_site
+def test_a_traced_app_told_to_stop_exits_at_once_when_the_collector_is_gone() -> None:
+    # The exporter used to retry a refused connection for up to its 10 s timeout at exit.
+    assert _seconds_to_stop(_free_port()) < 2.5
+
+
+@needs_site
+def test_a_traced_app_told_to_stop_still_sends_its_queued_spans() -> None:
+    _Collector.posts = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert _seconds_to_stop(server.server_address[1]) < 2.5
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert _Collector.posts and b"SELECT 1" in b"".join(_Collector.posts)

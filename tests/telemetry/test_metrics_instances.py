@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -179,3 +180,20 @@ async def test_a_malformed_push_is_refused_and_nothing_is_kept(collector: Collec
         assert answer.status == 400
         assert "invalid name" in (await answer.json())["message"]
     assert collector.keeper is not None and collector.keeper.tsdb.names() == []
+
+
+async def test_the_instance_listing_is_taken_on_the_loop_not_in_the_reader_thread(
+    app: Path, tmp_path: Path
+) -> None:
+    # The listing walks the agent's supervised dict, which only the loop may touch safely.
+    identity = Identity("orders", "orders-0", 3, "node-a", restarts=0)
+    listed_on: list[int] = []
+
+    def instances() -> list[tuple[Identity, Path]]:
+        listed_on.append(threading.get_ident())
+        return [(identity, app)]
+
+    loop = ProcessMetricsLoop(Home(tmp_path), instances)
+    await loop.sample_once()
+    assert listed_on == [threading.get_ident()]
+    assert {s.labels["instance"] for s in loop.latest} == {"orders-0"}

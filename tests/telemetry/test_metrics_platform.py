@@ -79,13 +79,47 @@ async def test_gateway_and_control_plane_counters_are_queryable_from_the_time_se
         assert series["points"][-1][1] == 9  # both workers' 2xx, summed
         api = keeper.query({"name": "corral_api_requests_total", "agg": "last"}, now)
         assert api["series"][0]["labels"]["source"] == "control-plane"
-        assert any("corral_gateway_requests_total" in line for line in keeper.lines(now))
+        lines = keeper.lines(now)
+        assert "# HELP corral_gateway_requests_total Read from the platform gateway's" in "\n".join(
+            lines
+        )
+        assert (
+            "# HELP corral_api_requests_total Scraped from the control plane's /metrics." in lines
+        )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         keeper.tsdb.close()
         await runner.cleanup()
+
+
+def test_a_pushed_sample_from_the_past_or_future_lands_within_one_fine_step_of_now(
+    tmp_path: Path,
+) -> None:
+    # The rollups wait one fine step for late points; an older one would never reach them.
+    keeper = MetricsKeeper(TimeSeriesDB(tmp_path / "tsdb.db"))
+    t0 = 1_700_000_400  # on an hour boundary
+    now = t0 + 5
+
+    def push(name: str, at: float) -> None:
+        sample = {"name": name, "labels": {"node": "a"}, "value": 1}
+        keeper.ingest(json.dumps({"at": at, "samples": [sample]}).encode(), now)
+
+    try:
+        push("late", now - 1800)
+        push("early", now + 600)
+        push("on_time", now - 3)
+        got = {
+            name: keeper.query({"name": name, "minutes": "5", "step": "10", "agg": "last"}, now)
+            for name in ("late", "early", "on_time")
+        }
+        assert got["late"]["series"][0]["points"] == [[t0 - 10, 1.0]]
+        assert got["early"]["series"][0]["points"] == [[t0, 1.0]]
+        assert got["on_time"]["series"][0]["points"] == [[t0, 1.0]]
+        assert keeper.lines(now)[0] == "# HELP early Sampled by the node agent."
+    finally:
+        keeper.tsdb.close()
 
 
 async def _collector(store: SQLiteStore) -> model.ServiceRecord:

@@ -150,6 +150,23 @@ def test_a_query_filters_series_by_labels(tmp_path: Path) -> None:
         db.close()
 
 
+def test_a_refused_batch_leaves_no_series_behind_to_collide_with_the_next(
+    tmp_path: Path,
+) -> None:
+    db = TimeSeriesDB(tmp_path / "m.db")
+    try:
+        bad = MetricSample("bad", LABELS, "x")  # type: ignore[arg-type]  # the bad value is the test
+        with pytest.raises(ValueError):
+            db.write([MetricSample("lost", LABELS, 1.0), bad], T0)
+        db.write([MetricSample("kept", LABELS, 7.0)], T0)
+        assert db.names() == ["kept"]
+        assert db.query("lost", {}, T0 - 60, T0 + 10, 10, "last", T0)["series"] == []
+        got = db.query("kept", {}, T0 - 60, T0 + 10, 10, "last", T0)
+        assert got["series"][0]["points"] == [[T0, 7.0]]
+    finally:
+        db.close()
+
+
 def test_rate_reads_a_counter_drop_as_a_reset() -> None:
     points = [Point(0, 1, 10, 10, 10, 10), Point(10, 1, 30, 30, 30, 30), Point(20, 1, 4, 4, 4, 4)]
     assert retention.values(points, "rate", 10) == [(10, 2.0), (20, 0.4)]

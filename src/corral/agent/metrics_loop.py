@@ -45,16 +45,19 @@ class ProcessMetricsLoop:
         self.pushed = 0
         self.failed = 0
 
-    def read(self) -> list[MetricSample]:
+    def read(self, instances: list[tuple[Identity, Path]] | None = None) -> list[MetricSample]:
+        """Read ``instances`` (default: ask ``self.instances()`` now, so only on the loop)."""
         out: list[MetricSample] = []
-        for identity, directory in self.instances():
+        for identity, directory in self.instances() if instances is None else instances:
             reading = read_instance(directory)
             if reading is not None:
                 out.extend(samples(identity, reading))
         return out
 
     async def sample_once(self, session: aiohttp.ClientSession | None = None) -> None:
-        self.latest = await asyncio.to_thread(self.read)
+        # The listing walks the agent's ``supervised`` dict, which the loop mutates: take it
+        # here, on the loop, and hand the thread a private list.
+        self.latest = await asyncio.to_thread(self.read, self.instances())
         if session is not None and self.latest:
             await self._push(session, self.latest, clock.wall())
 

@@ -8,7 +8,10 @@ Push format (``POST /telemetry/samples``, ingest token)::
       "labels": {"service": "orders", "instance": "orders-0", "release": "3", "node": "local"},
       "value": 4}]}
 
-A malformed body is a 400 and nothing of it is kept. A series not pushed again within
+A malformed body is a 400 and nothing of it is kept. ``at`` is clamped to
+``[now - tiers[0].resolution_s, now]``: the rollups (``retention``) only wait one fine step for
+late points, so an older sample would land in a bucket already rolled up and never reach the
+coarser tiers; a clock ahead of the collector's is read as now. A series not pushed again within
 ``STALE_S`` (an instance that stopped) leaves ``/metrics`` — it stays in the time series.
 
 The platform's own counters are pulled, not pushed: `scrape_platform` reads the control plane's
@@ -49,6 +52,11 @@ MAX_SAMPLES = 50_000  # in one push
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 QUERY_KEYS = frozenset({"name", "since", "until", "minutes", "step", "agg"})
+PUSHED = "Sampled by the node agent."
+SCRAPED = {  # by the `source` label `scrape_platform` adds
+    "control-plane": "Scraped from the control plane's /metrics.",
+    "gateway": "Read from the platform gateway's per-worker metrics snapshots.",
+}
 
 
 class _Sample(msgspec.Struct):
@@ -66,7 +74,8 @@ class MetricsKeeper:
     def __init__(self, tsdb: TimeSeriesDB) -> None:
         self.tsdb = tsdb
         self.received = 0
-        self._latest: dict[tuple[str, str], tuple[dict[str, str], float, float]] = {}
+        # series → (labels, newest value, when, where it comes from: the # HELP text)
+        self._latest: dict[tuple[str, str], tuple[dict[str, str], float, float, str]] = {}
         self._lock = threading.Lock()
 
     def ingest(self, body: bytes, now: float) -> int:
@@ -87,13 +96,13 @@ class MetricsKeeper:
                     f"metric {s.name!r}: invalid name or label {bad}",
                     "use Prometheus names: [a-zA-Z_:][a-zA-Z0-9_:]*",
                 )
-        at = push.at if abs(push.at - now) < 3600 else now  # a wild clock cannot bury points
+        at = max(now - self.tsdb.tiers[0].resolution_s, min(push.at, now))
         batch = [MetricSample(s.name, s.labels, s.value) for s in push.samples]
         self.tsdb.write(batch, at)
         with self._lock:
             for m in batch:
                 key = (m.name, ",".join(f"{k}={v}" for k, v in sorted(m.labels.items())))
-                self._latest[key] = (dict(m.labels), m.value, now)
+                self._latest[key] = (dict(m.labels), m.value, now, PUSHED)
         self.received += len(batch)
         return len(batch)
 
@@ -105,7 +114,8 @@ class MetricsKeeper:
         with self._lock:
             for m in batch:
                 key = (m.name, ",".join(f"{k}={v}" for k, v in sorted(m.labels.items())))
-                self._latest[key] = (dict(m.labels), m.value, at)
+                origin = SCRAPED.get(m.labels.get("source", ""), "Read by the collector.")
+                self._latest[key] = (dict(m.labels), m.value, at, origin)
         self.received += len(batch)
         return len(batch)
 
@@ -117,11 +127,11 @@ class MetricsKeeper:
             latest = sorted(self._latest.items())
         out: list[str] = []
         current = ""
-        for (name, _), (labels, value, _at) in latest:
+        for (name, _), (labels, value, _at, origin) in latest:
             if name != current:
                 current = name
                 kind = "counter" if name.endswith("_total") else "gauge"
-                out += [f"# HELP {name} Sampled by the node agent.", f"# TYPE {name} {kind}"]
+                out += [f"# HELP {name} {origin}", f"# TYPE {name} {kind}"]
             shown = ",".join(f'{k}="{escape(v)}"' for k, v in sorted(labels.items()))
             out.append(f"{name}{{{shown}}} {value!r}")
         return out

@@ -4,8 +4,10 @@ Raw spans go to one table per time partition (`partition_s`, default an hour, by
 so retention drops whole tables instead of deleting rows, and a size cap drops the oldest
 partitions first. Each row is compact (≈ 200 bytes): the trace id as bytes, start, duration,
 service and endpoint as ids into a `names` table, flags, and the rest of the span as msgpack
-with attribute keys interned. Two indexes serve the two raw-span questions: trace by id, and
-trace search by (service, start).
+with attribute keys interned. A span's name is an id only when it is already a name or equals
+its normalised endpoint; otherwise (``GET /api/orders/123``) the body holds the string, so raw
+names, unbounded in number, never grow the `names` table or its in-memory mirror.
+Two indexes serve the two raw-span questions: trace by id, and trace search by (service, start).
 
 Rollup cells (see `rollup`) are upserted per (minute, key id) in the same transaction as the
 spans that made them; keys live in a `keys` table mirrored in memory, so a rollup query is one
@@ -103,12 +105,11 @@ class Retention:
 
 
 _Body = tuple[
-    str, str | None, int, int, int, str, list[Any], list[Event], int, str
-]  # span id, parent, name, kind, instance, status, attrs, events, remote, peer
+    str, str | None, int | str, int, int, str, list[Any], list[Event], int, str
+]  # span id, parent, name (id, or the text itself), kind, instance, status, attrs, events,
+# remote, peer
 _body_encoder = msgspec.msgpack.Encoder()
-_body_decoder = msgspec.msgpack.Decoder(
-    tuple[str, str | None, int, int, int, str, list[Any], list[Event], int, str]
-)
+_body_decoder = msgspec.msgpack.Decoder(_Body)
 
 
 class SqliteSpanStore:
@@ -243,7 +244,10 @@ class SqliteSpanStore:
                     (
                         span.span_id,
                         parent,
-                        known(span.name) or name(span.name, new_names),
+                        known(span.name)
+                        or (
+                            name(span.name, new_names) if span.name == facts.endpoint else span.name
+                        ),
                         kind,
                         known(span.instance) or name(span.instance, new_names),
                         span.status,
@@ -308,7 +312,7 @@ class SqliteSpanStore:
             trace_id=trace.hex(),
             span_id=span_id,
             parent_id=parent,
-            name=texts[name],
+            name=texts[name] if isinstance(name, int) else name,
             kind=KINDS[kind],
             service=texts[svc],
             instance=texts[instance],

@@ -86,7 +86,7 @@ class TimeSeriesDB:
         self.watermarks = [int(marks.get(i, 0)) for i in range(len(self.tiers))]
 
     # -- writing ----------------------------------------------------------------------------
-    def _series_id(self, name: str, labels: str) -> int | None:
+    def _series_id(self, name: str, labels: str, fresh: list[tuple[str, str]]) -> int | None:
         key = (name, labels)
         found = self._ids.get(key)
         if found is not None:
@@ -97,6 +97,7 @@ class TimeSeriesDB:
         cursor = self._db.execute("INSERT INTO series (name, labels) VALUES (?, ?)", key)
         new = int(cursor.lastrowid or 0)
         self._ids[key] = new
+        fresh.append(key)
         return new
 
     def write(self, samples: Iterable[MetricSample], ts: float) -> None:
@@ -105,10 +106,11 @@ class TimeSeriesDB:
         with self._lock:
             db = self._db
             db.execute("BEGIN")
+            fresh: list[tuple[str, str]] = []
             try:
                 rows = []
                 for s in samples:
-                    sid = self._series_id(s.name, _labels_key(s.labels))
+                    sid = self._series_id(s.name, _labels_key(s.labels), fresh)
                     if sid is not None:
                         v = float(s.value)
                         rows.append((sid, at, v, v, v, v))
@@ -122,6 +124,10 @@ class TimeSeriesDB:
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
+                # SQLite hands the rolled-back rowids to the next new series: forget them, or
+                # two series would share an id.
+                for key in fresh:
+                    del self._ids[key]
                 raise
 
     def maintain(self, now: float) -> retention.Plan:

@@ -7,10 +7,12 @@ over OTLP/HTTP protobuf from its own thread (``_corral_otlp``), and instruments 
 library offers, each when the app first imports it:
 
 - ``http.server.BaseHTTPRequestHandler``: a SERVER span per request continuing the caller's
-  ``traceparent``, with ``http.request.method``, ``url.path`` and ``http.response.status_code``;
-  requests to excluded URLs (the platform puts the health-probe paths there) are not traced, and
-  nothing they call is either;
-- urllib (``AbstractHTTPHandler.do_open``): a CLIENT span per request, ``traceparent`` sent;
+  ``traceparent``, with ``http.request.method``, ``url.path``, ``url.query`` (when there is one,
+  credential parameters' values redacted) and ``http.response.status_code``; requests to
+  excluded URLs (the platform puts the health-probe paths there) are not traced, and nothing
+  they call is either;
+- urllib (``AbstractHTTPHandler.do_open``): a CLIENT span per request, ``traceparent`` sent,
+  with ``url.full`` (``user:password@`` and credential parameters' values redacted);
 - sqlite3 (``connect`` hands out a traced ``Connection`` subclass): a CLIENT span per
   ``execute``/``executemany``/``executescript``, on the connection's shortcuts and its cursors.
 
@@ -24,6 +26,7 @@ quarter second of every process's start-up. Nothing here ever raises into the ap
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import os
@@ -92,8 +95,13 @@ def start() -> None:
 
     resource = _resource(resources)
     provider = sdk_trace.TracerProvider(resource=resource)
-    processor = export.BatchSpanProcessor(_exporter(export, otlp))
+    exporter = _exporter(export, otlp)
+    processor = export.BatchSpanProcessor(exporter)
     provider.add_span_processor(processor)
+    # atexit runs handlers last-registered first: this one before the provider's shutdown,
+    # which joins the processor's thread, so that thread is not left retrying a collector
+    # that is gone while the app is trying to exit (SIGTERM → sys.exit).
+    atexit.register(exporter.stop)
     trace.set_tracer_provider(provider)
     _STATE["provider"] = provider
     # Another sampler than the SDK's default keeps its meaning: the SDK's tracer then.
@@ -153,6 +161,9 @@ def _exporter(export: ModuleType, otlp: ModuleType) -> Any:
 
         def shutdown(self) -> None:
             self._out.close()
+
+        def stop(self) -> None:
+            self._out.stop()
 
         def force_flush(self, timeout_millis: int = 30000) -> bool:
             return True

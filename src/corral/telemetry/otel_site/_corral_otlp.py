@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import struct
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -181,7 +182,14 @@ class Exporter:
     """Posts each batch to the collector over one kept-alive connection; a batch that still
     fails after the retries is dropped (each kind of failure said once on stderr), so a
     collector that is down never piles spans up in the app beyond the processor's bounded
-    queue. Used by the SDK's ``BatchSpanProcessor`` from its own thread."""
+    queue. Used by the SDK's ``BatchSpanProcessor`` from its own thread.
+
+    Once the app exits (``stop``, run at exit before the SDK's shutdown joins the processor's
+    thread), a failed post is not retried and every post after ``STOP_GRACE_S`` is skipped:
+    an app told to stop (SIGTERM → ``sys.exit``) must not wait out the retries against a
+    collector that is gone, often stopped just before it."""
+
+    STOP_GRACE_S = 1.0
 
     def __init__(self) -> None:
         traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -195,6 +203,8 @@ class Exporter:
         self._headers = _headers()
         self._conn: http.client.HTTPConnection | None = None
         self._warned: set[str] = set()
+        self._stopping = threading.Event()
+        self._stop_by = 0.0
         # Imported here, not at the top: a process that never starts tracing does not pay for
         # http.client (with ssl and email); and not in the processor's thread, where an import
         # can wait on the import lock the app's main thread holds.
@@ -206,8 +216,14 @@ class Exporter:
         if self._conn is None:
             http = self._http
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=self._timeout)
+            timeout = self.STOP_GRACE_S if self._stopping.is_set() else self._timeout
+            self._conn = cls(self._host, self._port, timeout=timeout)
         return self._conn
+
+    def stop(self) -> None:
+        """The app is exiting: give up retrying, and posting at all after the grace."""
+        self._stop_by = time.monotonic() + self.STOP_GRACE_S
+        self._stopping.set()
 
     def send(self, body: bytes) -> bool:
         """Post one batch; a refused connection, 429 or 5xx is retried with backoff (as the
@@ -217,15 +233,19 @@ class Exporter:
         deadline = time.monotonic() + self._timeout
         delay = 0.25
         while True:
+            stopping = self._stopping.is_set()
+            if stopping and time.monotonic() > self._stop_by:
+                self._warn("exit", "the app exited before the collector took them")
+                return False
             failure = self._post(http, body)
             if failure is None:
                 return True
             kind, message, retry = failure
-            if not retry or time.monotonic() + delay > deadline:
+            if not retry or stopping or time.monotonic() + delay > deadline:
                 self._warn(kind, message)
                 return False
-            time.sleep(delay)
-            delay *= 2
+            if not self._stopping.wait(delay):  # woken by ``stop``: one last try at once
+                delay *= 2
 
     def _post(self, http: Any, body: bytes) -> tuple[str, str, bool] | None:
         """None when the collector took the batch; otherwise (kind, message, worth a retry)."""
