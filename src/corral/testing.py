@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,6 +52,18 @@ def wait_for(
                 f"timed out after {timeout:g}s waiting for {what or condition}; last: {last!r}"
             )
         time.sleep(interval)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free right now (bound together, then released)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class Platform:

@@ -17,13 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from corral.testing import wait_for
 from tests import netns
 
 pytestmark = [
@@ -138,14 +139,6 @@ class Store:
         return seen == sorted(alive)
 
 
-def wait_for(what: str, check: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {within:.0f} s waiting for {what}")
-        time.sleep(0.1)
-
-
 def counter(store: Store, name: str) -> int:
     statuses = [store.status(n) for n in store.names]
     return sum(s["counters"][name] for s in statuses if s is not None)
@@ -155,20 +148,24 @@ def healed(store: Store, acked: dict[str, str]) -> None:
     """The checkers after healing, polled until they hold."""
     names = store.names
     for name in names:
-        wait_for(f"{name} to see every node alive", partial(store.sees, name, names))
+        wait_for(
+            partial(store.sees, name, names), 15.0, 0.1, what=f"{name} to see every node alive"
+        )
 
     def readable_everywhere() -> bool:
         return all(
             value in store.get(name, key)[0] for key, value in acked.items() for name in names
         )
 
-    wait_for("every acknowledged write to be readable on every node", readable_everywhere)
+    wait_for(
+        readable_everywhere, 15.0, 0.1, what="every acknowledged write to be readable on every node"
+    )
 
     def hints_drained() -> bool:
         statuses = [store.status(n) for n in names]
         return all(s is not None and s["hints_pending"] == 0 for s in statuses)
 
-    wait_for("every hint store to drain", hints_drained)
+    wait_for(hints_drained, 15.0, 0.1, what="every hint store to drain")
 
     def roots_equal() -> bool:
         merkle = {}
@@ -181,7 +178,7 @@ def healed(store: Store, acked: dict[str, str]) -> None:
                 return False  # its ring does not hold every node yet
         return all(merkle[a][b] == merkle[b][a] for a in names for b in names if a != b)
 
-    wait_for("every pair of nodes to report equal Merkle roots", roots_equal)
+    wait_for(roots_equal, 15.0, 0.1, what="every pair of nodes to report equal Merkle roots")
 
 
 @pytest.fixture
@@ -189,7 +186,9 @@ def store5(tmp_path: Path) -> Iterator[Store]:
     store = Store(tmp_path, 5)
     try:
         for name in store.names:
-            wait_for(f"{name} to see all 5 nodes", partial(store.sees, name, store.names))
+            wait_for(
+                partial(store.sees, name, store.names), 15.0, 0.1, what=f"{name} to see all 5 nodes"
+            )
         yield store
     finally:
         store.close()
@@ -200,7 +199,9 @@ def store3(tmp_path: Path) -> Iterator[Store]:
     store = Store(tmp_path, 3)
     try:
         for name in store.names:
-            wait_for(f"{name} to see all 3 nodes", partial(store.sees, name, store.names))
+            wait_for(
+                partial(store.sees, name, store.names), 15.0, 0.1, what=f"{name} to see all 3 nodes"
+            )
         yield store
     finally:
         store.close()
@@ -214,8 +215,12 @@ def test_both_sides_of_a_partition_take_writes_which_become_siblings_a_context_w
     acked = {"cart": "empty"}
     left, right = ["n1", "n2", "n3"], ["n4", "n5"]
     s.partition([left, right])
-    wait_for("the majority to lose sight of the minority", lambda: s.sees("n1", left))
-    wait_for("the minority to lose sight of the majority", lambda: s.sees("n4", right))
+    wait_for(
+        lambda: s.sees("n1", left), 15.0, 0.1, what="the majority to lose sight of the minority"
+    )
+    wait_for(
+        lambda: s.sees("n4", right), 15.0, 0.1, what="the minority to lose sight of the majority"
+    )
     s.put("n1", "cart", "apples", base)  # both saw "empty": the two writes are concurrent
     s.put("n4", "cart", "pears", base)
     for i in range(5):  # sloppy quorum: every key is writable on either side
@@ -227,7 +232,7 @@ def test_both_sides_of_a_partition_take_writes_which_become_siblings_a_context_w
     def siblings_seen() -> bool:
         return s.get("n2", "cart", r=3)[0] == ["apples", "pears"]
 
-    wait_for("both sides' writes to meet as siblings", siblings_seen)
+    wait_for(siblings_seen, 15.0, 0.1, what="both sides' writes to meet as siblings")
     _, context = s.get("n2", "cart", r=3)
     s.put("n5", "cart", "apples+pears", context)
     acked["cart"] = "apples+pears"
@@ -262,7 +267,7 @@ def test_writes_succeed_through_one_way_partition_loss_kill_and_stop_then_conver
     for i in range(5):
         write(["n1", "n2"][i % 2], f"killed{i}")
     s.start("n3")  # same data directory: it catches up through hints and anti-entropy
-    wait_for("n3 to rejoin", lambda: s.sees("n1", s.names))
+    wait_for(lambda: s.sees("n1", s.names), 15.0, 0.1, what="n3 to rejoin")
     s.signal("n2", signal.SIGSTOP)  # a paused process: its sockets stay open, silent
     try:
         for i in range(5):
@@ -281,7 +286,7 @@ def test_aurora_quorum_n6_w4_r3_keeps_writing_and_reading_with_two_nodes_down(
     s = Store(tmp_path, 6, ["--n", "6", "--r", "3", "--w", "4"])
     try:
         for name in s.names:
-            wait_for(f"{name} to see all 6 nodes", partial(s.sees, name, s.names))
+            wait_for(partial(s.sees, name, s.names), 15.0, 0.1, what=f"{name} to see all 6 nodes")
         acked = {}
         s.kill("n5")
         s.kill("n6")

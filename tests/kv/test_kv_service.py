@@ -20,7 +20,8 @@ from corral.kv import http as kv_http
 from corral.kv.coordinator import Quorum
 from corral.kv.http import HttpProtocol
 from corral.kv.node import KvNode, NodeConfig
-from corral.kv.testing import LocalCluster, free_port, wait_for
+from corral.kv.testing import LocalCluster, free_port
+from corral.testing import free_ports, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,10 +62,10 @@ def test_concurrent_writes_without_context_are_siblings_and_a_write_with_context
     # a writer with a stale context adds one sibling, never loses the merged value
     cluster.client(0).put("carts", "bob", b"bread", first.context)
     wait_for(
-        "the stale write to sit beside the merged value",
         lambda: (
             sorted(cluster.client(2).get("carts", "bob", r=3).values) == [b"bread", b"eggs,milk"]
         ),
+        what="the stale write to sit beside the merged value",
     )
 
 
@@ -80,7 +81,7 @@ def test_writes_succeed_while_a_node_is_killed_and_hints_drain_to_it_when_it_ret
         on_disk = db.execute("SELECT count(*) FROM hints WHERE owner = 'n3'").fetchone()[0]
     assert on_disk >= 1  # hints are persisted, not only held in memory
     cluster.restart(2)
-    wait_for("hint stores to drain", lambda: hints_pending(cluster, [0, 1, 2]) == 0, 15)
+    wait_for(lambda: hints_pending(cluster, [0, 1, 2]) == 0, 15, what="hint stores to drain")
     back = cluster.client(2)
     for k in range(20):
         assert back.get("orders", f"o{k}", r=1).value == f"order {k}".encode()
@@ -99,13 +100,13 @@ def test_a_stopped_node_neither_blocks_quorum_writes_nor_reads_and_catches_up(
     finally:
         cluster.signal(1, signal.SIGCONT)
     cluster.wait_ready([0, 1, 2])
-    wait_for("hint stores to drain", lambda: hints_pending(cluster, [0, 1, 2]) == 0, 15)
+    wait_for(lambda: hints_pending(cluster, [0, 1, 2]) == 0, 15, what="hint stores to drain")
     wait_for(
-        "the stopped node to hold every write",
         lambda: all(
             cluster.client(1).get("sessions", f"s{k}", r=1).value == b"x" * k for k in range(10)
         ),
         10,
+        what="the stopped node to hold every write",
     )
 
 
@@ -118,7 +119,9 @@ def test_a_delete_is_not_resurrected_by_anti_entropy_from_a_stale_replica(
         cluster.wait_ready()
         client = cluster.client(0)
         written = client.put("carts", "carol", b"to be deleted")
-        wait_for("n3 to hold the value", lambda: cluster.client(2).get("carts", "carol", r=1).found)
+        wait_for(
+            lambda: cluster.client(2).get("carts", "carol", r=1).found, what="n3 to hold the value"
+        )
         cluster.kill(2)  # n3 keeps the value on disk
         client.delete("carts", "carol", written.context)
         client.put("carts", "dave", b"written while n3 was down")
@@ -126,15 +129,15 @@ def test_a_delete_is_not_resurrected_by_anti_entropy_from_a_stale_replica(
         cluster.wait_ready()
         rounds = cluster.status(2)["counters"]["ae_rounds"]
         wait_for(
-            "anti-entropy to bring n3 the delete and the new key",
             lambda: (
                 not cluster.client(2).get("carts", "carol", r=1).found
                 and cluster.client(2).get("carts", "dave", r=1).found
             ),
             15,
+            what="anti-entropy to bring n3 the delete and the new key",
         )
-        wait_for("two more anti-entropy rounds", lambda: cluster.status(2)["counters"][
-            "ae_rounds"] >= rounds + 2)  # fmt: skip
+        wait_for(lambda: cluster.status(2)["counters"][
+            "ae_rounds"] >= rounds + 2, what="two more anti-entropy rounds")  # fmt: skip
         for i in range(3):
             assert not cluster.client(i).get("carts", "carol", r=3).found
         assert cluster.status(0)["hints_pending"] >= 1  # handoff did not do it
@@ -146,7 +149,7 @@ async def test_the_http_api_answers_pipelined_chunked_and_closing_requests_in_or
     """The node speaks HTTP/1.1 itself: the framing clients rely on, on one in-process node."""
     node = KvNode(
         NodeConfig(
-            "solo", tmp_path, http=f"127.0.0.1:{free_port()}", peer=f"127.0.0.1:{free_port()}",
+            "solo", tmp_path, http=f"127.0.0.1:{free_ports(1)[0]}", peer=f"127.0.0.1:{free_port()}",
             quorum=Quorum(1, 1, 1), membership="test",
         )
     )  # fmt: skip

@@ -16,9 +16,8 @@ import pytest
 
 from corral.errors import ManifestError
 from corral.kv.client import KvClient
-from corral.kv.testing import wait_for
 from corral.manifest import Service, validate_manifest_data
-from corral.testing import Platform
+from corral.testing import Platform, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,7 +137,7 @@ def test_kv_service_serves_dependants_and_a_killed_node_restarts_in_place_with_i
 
         # The dependant wrote and read through the URL the platform handed it.
         out = tmp_path / "shop.json"
-        wait_for("the shop task to finish", out.exists, 30)
+        wait_for(out.exists, 30, what="the shop task to finish")
         shop = json.loads(out.read_text())
         assert shop["value"] == "apples"
         assert shop["url"].removeprefix("http://") in {_http(i) for i in nodes.values()}
@@ -146,9 +145,9 @@ def test_kv_service_serves_dependants_and_a_killed_node_restarts_in_place_with_i
         # Every node sees the other two (they joined through the platform's PEERS_PEER).
         for instance in nodes.values():
             wait_for(
-                f"{instance['id']} to see 3 alive members",
                 partial(_sees_alive, _http(instance), 3),
                 20,
+                what=f"{instance['id']} to see 3 alive members",
             )
 
         with KvClient([_http(i) for i in nodes.values()]) as kv:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from corral.errors import AlreadyRunning, StoreError
+from corral.kv import storage as kv_storage
 from corral.kv import versions
 from corral.kv.storage import KvStorage
 from corral.kv.versions import EMPTY
@@ -88,4 +92,66 @@ async def test_concurrent_writers_share_one_commit_and_all_are_durable_after_it(
     storage.close()
     again = KvStorage(tmp_path, "n1")
     assert len(list(again.keys())) == 20
+    again.close()
+
+
+def test_a_second_node_on_the_same_data_directory_refuses_to_start(tmp_path: Path) -> None:
+    first = KvStorage(tmp_path, "n1")
+    with pytest.raises(AlreadyRunning, match="in use by another process") as caught:
+        KvStorage(tmp_path, "n2")
+    assert "--data" in caught.value.hint
+    first.close()
+    KvStorage(tmp_path, "n2").close()  # free again once the first node stopped
+
+
+def test_a_damaged_data_directory_is_reported_and_left_unlocked(tmp_path: Path) -> None:
+    KvStorage(tmp_path, "n1").close()
+    with sqlite3.connect(tmp_path / "kv.sqlite3") as db:
+        db.execute("INSERT INTO objects VALUES ('b/k', x'c1c1c1')")
+    with pytest.raises(StoreError, match="is damaged"):
+        KvStorage(tmp_path, "n1")
+    with sqlite3.connect(tmp_path / "kv.sqlite3") as db:
+        db.execute("DELETE FROM objects")
+    KvStorage(tmp_path, "n1").close()  # the failed open released its lock
+
+
+async def test_writes_of_a_failed_commit_are_written_by_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = KvStorage(tmp_path, "n1")
+    write = storage._write
+    failures = [StoreError("disk full (injected)")]
+
+    def failing_once(*rows: Any) -> None:
+        if failures:
+            raise failures.pop()
+        write(*rows)
+
+    monkeypatch.setattr(storage, "_write", failing_once)
+    storage.store("b/k", versions.write(EMPTY, (), "n1.1", b"v1", 1.0))
+    with pytest.raises(StoreError, match="injected"):
+        await storage.sync()  # its waiters learn the write is not durable
+    storage.store("b/other", versions.write(EMPTY, (), "n1.1", b"v2", 1.0))
+    await storage.sync()
+    storage.close()
+    again = KvStorage(tmp_path, "n1")
+    assert again.get("b/k").values == [b"v1"] and again.get("b/other").values == [b"v2"]
+    again.close()
+
+
+async def test_a_node_running_out_of_epochs_mid_commit_reserves_more_and_never_reuses_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kv_storage, "EPOCH_BLOCK", 2)
+    storage = KvStorage(tmp_path, "n1")
+    for i in range(50):
+        storage.store(f"b/k{i}", versions.write(EMPTY, (), "n1.1", b"v", 1.0))
+    committing = storage.durable()  # a commit in flight on the commit thread
+    actors = {storage.new_actor() for _ in range(7)}  # crosses three blocks meanwhile
+    await committing
+    assert len(actors) == 7
+    storage.close()
+    again = KvStorage(tmp_path, "n1")
+    assert not actors & {again.new_actor() for _ in range(7)}
+    assert len(list(again.keys())) == 50
     again.close()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from corral.cli import render
+from corral.errors import CorralError, UserError
 from corral.kv.client import KvClient
 from corral.kv.coordinator import Quorum
 from corral.membership import PRESETS
@@ -20,6 +24,31 @@ DEFAULT_NODE = "127.0.0.1:8500"
 @click.group("kv")
 def kv() -> None:
     """The Dynamo-style AP store: `serve` runs a node; `get`, `put`, `del` talk to one."""
+
+
+def _printed_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """The platform runs nodes as `python -m corral.cli.kv serve`, outside main()'s handler:
+    a bad --data, --r or a port in use must print error and hint, not a traceback."""
+
+    @functools.wraps(command)
+    def run(**options: Any) -> None:
+        try:
+            command(**options)
+        except CorralError as exc:
+            render.error(exc)
+            raise SystemExit(2 if isinstance(exc, UserError) else 1) from None
+        except OSError as exc:
+            node = options.get("name") or options.get("peer")
+            render.error(
+                CorralError(
+                    f"kv node {node} cannot start: {exc}",
+                    "check that --listen and --peer are free on this host (is another node "
+                    "running with them?)",
+                )
+            )
+            raise SystemExit(1) from None
+
+    return run
 
 
 @kv.command()
@@ -49,6 +78,7 @@ def kv() -> None:
 @click.option("--handoff-interval", default=1.0, show_default=True, help="seconds")
 @click.option("--ae-interval", default=10.0, show_default=True, help="anti-entropy, seconds")
 @click.option("--grace", default=86400.0, show_default=True, help="tombstone grace, seconds")
+@_printed_errors
 def serve(
     name: str,
     listen: str,

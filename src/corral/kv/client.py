@@ -7,7 +7,8 @@
 
 Keep the ``context`` of the last read (or write) of a key and pass it to the next write of that
 key: a write without one is concurrent with everything and may add a sibling. With several
-node addresses, a request that cannot reach one node goes to the next.
+node addresses, a request that cannot connect to one node goes to the next; a read that fails
+later is retried there too, a write is not (it may have landed: ``NoQuorum`` says so).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import select
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,16 +120,29 @@ class KvClient:
         headers = {CONTEXT_HEADER: context} if context else {}
         last: Exception | None = None
         for _ in range(len(self.addresses)):
+            address = self.addresses[self._current]
             try:
                 conn = self._connection()
+            except OSError as exc:  # nothing was sent: any request may go to the next node
+                last = exc
+                self._next_node()
+                continue
+            try:
                 conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
             except (OSError, http.client.HTTPException) as exc:
                 last = exc
-                self.close()
-                self._current = (self._current + 1) % len(self.addresses)
-                continue
+                self._next_node()
+                if method == "GET":
+                    continue
+                # The node may have stored it: resending with the same context would make
+                # the write concurrent with itself, a spurious sibling.
+                raise NoQuorum(
+                    f"kv client: {method} {path} to {address} failed after it was sent: {exc}; "
+                    "the write may have landed",
+                    "read the key, then write again with the context of that read",
+                ) from None
             got = {k.lower(): v for k, v in response.getheaders()}
             if response.status >= 400 and response.status != 404:
                 raise _error(response.status, data)
@@ -137,11 +152,38 @@ class KvClient:
             "check that the nodes run (`corral kv serve`) and the addresses are their --listen",
         )
 
+    def _next_node(self) -> None:
+        self.close()
+        self._current = (self._current + 1) % len(self.addresses)
+
     def _connection(self) -> http.client.HTTPConnection:
+        """A connected connection to the current node: connecting here, not inside
+        ``request``, tells a failed connect (safe to retry anywhere) from a failed request."""
+        if self._conn is not None and _dropped(self._conn):
+            self.close()  # the node closed it (e.g. it restarted): reconnect, nothing was sent
         if self._conn is None:
             host, _, port = self.addresses[self._current].rpartition(":")
-            self._conn = http.client.HTTPConnection(host or "127.0.0.1", int(port), self.timeout)
+            conn = http.client.HTTPConnection(host or "127.0.0.1", int(port), self.timeout)
+            try:
+                conn.connect()
+            except OSError:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """True when an idle kept-alive connection was closed by the node: readable means EOF
+    (or a stray byte), since no request is outstanding."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _path(bucket: str, key: str, name: str, value: int | None) -> str:

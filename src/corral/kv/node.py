@@ -6,13 +6,15 @@ virtual network, and what its checkers prove is what this adapter relies on):
   holds every kv member not known to have *left* — a dead member keeps its ranges, so writes
   for it go to stand-ins as hints — and "healthy" means alive in this node's view.
 - **Put.** Only a replica issues a dot, so a node outside the key's targets forwards the write
-  to the first target. The coordinator makes the new version (its actor comes from storage,
-  see ``storage``), stores it, and in parallel waits for its own ``sync`` and for
-  ``Replicate`` acks — each replica answers only once the object is durable there. W acks →
-  acknowledged. ``PutRequest.tick`` replaces a replica silent for ``replica_timeout`` with the
-  next healthy node of the walk, as a stand-in holding a hint. As in Cassandra, when a home
-  node has no stand-in (e.g. N equals the cluster size) or its replica call fails, the
-  coordinator keeps a hint for it itself, so a returning node catches up by handoff.
+  to the first target, once: a node that receives a forwarded write but sees other targets
+  first coordinates it itself as the stand-in for its last target. The coordinator makes the
+  new version (its actor comes from storage, see ``storage``), stores it, and in parallel
+  waits for its own ``sync`` and for ``Replicate`` acks — each replica answers only once the
+  object is durable there. W acks → acknowledged. ``PutRequest.tick`` replaces a replica
+  silent for ``replica_timeout`` with the next healthy node of the walk, as a stand-in
+  holding a hint. As in Cassandra, when a home node has no stand-in (e.g. N equals the
+  cluster size) or its replica call fails, the coordinator keeps a hint for it itself, so a
+  returning node catches up by handoff.
 - **Get.** R replies from the healthy preference list, merged; the client is answered at R,
   and once every target has replied or timed out, home replicas holding a stale copy get the
   merged object (read repair).
@@ -174,8 +176,14 @@ class KvNode:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        await self.rpc.start()
-        await self.members.start()
+        try:
+            await self.rpc.start()
+            await self.members.start()
+        except BaseException:  # e.g. a port in use: release the data directory's lock
+            await self.rpc.stop()
+            await self.members.stop(leave=False)
+            self.storage.close()
+            raise
         self._rebuild_ring()
         self._loops = [
             asyncio.get_running_loop().create_task(self._join()),
@@ -269,9 +277,13 @@ class KvNode:
 
     # ------------------------------------------------------------------ put
 
-    async def put(self, key: str, value: bytes | None, context: Context, w: int) -> Versioned:
+    async def put(
+        self, key: str, value: bytes | None, context: Context, w: int, forwarded: bool = False
+    ) -> Versioned:
         """Write (or, with ``None``, delete) ``key``; the coordinator's copy once W nodes hold
-        it durably. ``NoQuorum`` when they do not within ``request_timeout``."""
+        it durably. ``NoQuorum`` when they do not within ``request_timeout``. A ``forwarded``
+        write (a peer's ``Coordinate``) is never forwarded again: two nodes that disagree about
+        who is up would bounce it, each hop a nested call."""
         self.counters.puts += 1
         n = self.quorum.n
         walk = self.ring.walk(key)
@@ -283,6 +295,12 @@ class KvNode:
                 f"(members: {', '.join(self.ring.nodes)})",
                 "wait for nodes to rejoin, or write with a smaller ?w=",
             )
+        if mine is None and forwarded:
+            # The forwarder saw us as first healthy; we see others first. Take the last
+            # target's place as its stand-in: still N copies, and handoff moves ours home.
+            last = targets[-1]
+            mine = Target(self.name, last.hint_for or last.node)
+            targets = [*targets[:-1], mine]
         if mine is None:
             self.counters.forwarded += 1
             reply = await self._call(
@@ -479,7 +497,7 @@ class KvNode:
     async def _coordinate_for_peer(self, body: Coordinate) -> Reply:
         context: Context = tuple(sorted((a, c) for a, c in body.context))
         try:
-            obj = await self.put(body.key, body.value, context, body.w)
+            obj = await self.put(body.key, body.value, context, body.w, forwarded=True)
         except (NoQuorum, ReplicaUnavailable) as exc:
             return Written(False, to_wire(versions.EMPTY), exc.message)
         return Written(True, to_wire(obj))

@@ -11,7 +11,11 @@ Theory of operation:
   ``await sync()`` commits everything queued in one transaction, in a worker thread, shared
   by every caller waiting at that moment (one commit in flight; the next gathers what
   arrives meanwhile). A node acknowledges a replica write (and counts its own) only after
-  ``sync`` returned, so a put is acknowledged once W nodes hold it on disk.
+  ``sync`` returned, so a put is acknowledged once W nodes hold it on disk. A failed commit
+  fails its waiters and queues its rows again (memory still holds them) for the next one.
+  Only the commit thread uses the connection once the node runs (epoch blocks too).
+- **One node per directory.** An exclusive ``flock`` on ``DATA_DIR/LOCK`` for the node's life:
+  a second node on the same directory refuses to start.
 - **Actors never reuse a dot.** A node writes as actor ``<node>.<epoch>``. Epochs are handed out
   from a block reserved durably at open (``meta.epoch``), and the actor is *not* persisted with
   an object: after a crash every key gets a fresh actor, so a dot issued before the crash —
@@ -23,6 +27,8 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +36,7 @@ from pathlib import Path
 
 import msgspec
 
-from corral.errors import StoreError
+from corral.errors import AlreadyRunning, StoreError
 from corral.kv import versions
 from corral.kv.coordinator import Conflicts, HintStore, merger
 from corral.kv.versions import EMPTY, Versioned
@@ -58,11 +64,19 @@ class KvStorage:
         self._merge = merger(conflicts)
         try:
             Path(data_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"kv node {node}: cannot create its data directory {data_dir}: {exc}",
+                "check that --data points at a writable directory this node alone uses",
+            ) from None
+        self._lock = _lock(Path(data_dir), node)
+        try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
+            os.close(self._lock)
             raise StoreError(
                 f"kv node {node}: cannot open its data at {self.path}: {exc}",
                 "check that --data points at a writable directory this node alone uses",
@@ -75,8 +89,14 @@ class KvStorage:
         self._next: asyncio.Future[None] | None = None  # the commit after it
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kv-commit-{node}")
         self.commits = 0
-        self._load()
-        self._next_epoch, self._epoch_end = self._reserve_epochs()
+        try:
+            self._load()
+            self._next_epoch, self._epoch_end = self._reserve_epochs()
+        except BaseException:
+            self._executor.shutdown()
+            self._db.close()
+            os.close(self._lock)
+            raise
 
     def _load(self) -> None:
         try:
@@ -99,8 +119,11 @@ class KvStorage:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        self._commit()
-        self._db.close()
+        try:
+            self._commit()
+        finally:
+            self._db.close()
+            os.close(self._lock)
 
     # ------------------------------------------------------------------ reading
 
@@ -119,7 +142,10 @@ class KvStorage:
 
     def new_actor(self) -> str:
         if self._next_epoch >= self._epoch_end:
-            self._next_epoch, self._epoch_end = self._reserve_epochs()
+            # On the commit thread, after the commit in flight: the connection is in the
+            # middle of its transaction there. Blocks the loop for one commit, once per block.
+            reserved = self._executor.submit(self._reserve_epochs)
+            self._next_epoch, self._epoch_end = reserved.result()
         epoch = self._next_epoch
         self._next_epoch += 1
         return f"{self.node}.{epoch}"
@@ -184,11 +210,22 @@ class KvStorage:
         hints, self._pending_hints = self._pending_hints, {}
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self._executor, self._write, objects, hints)
-        work.add_done_callback(lambda w: self._commit_done(done, w))
+        work.add_done_callback(lambda w: self._commit_done(done, w, objects, hints))
 
-    def _commit_done(self, done: asyncio.Future[None], work: asyncio.Future[None]) -> None:
+    def _commit_done(
+        self,
+        done: asyncio.Future[None],
+        work: asyncio.Future[None],
+        objects: dict[str, Versioned | None],
+        hints: dict[tuple[str, str], Versioned | None],
+    ) -> None:
         self._inflight = None
         exc = work.exception()
+        if exc is not None:
+            # Memory still holds these rows: queue them again for the next commit, behind
+            # any newer row stored for the same key meanwhile.
+            self._pending_objects = {**objects, **self._pending_objects}
+            self._pending_hints = {**hints, **self._pending_hints}
         if not done.done():
             if exc is None:
                 done.set_result(None)
@@ -237,3 +274,24 @@ class KvStorage:
                 f"kv node {self.node}: cannot write {self.path}: {exc}",
                 "check free disk space and that no other process uses this data directory",
             ) from None
+
+
+def _lock(data_dir: Path, node: str) -> int:
+    """An exclusive flock on the data directory for the node's life (as the Raft WAL's): two
+    nodes writing one SQLite file would each trust a memory mirror the other invalidates."""
+    try:
+        fd = os.open(data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(
+            f"kv node {node}: cannot open {data_dir / 'LOCK'}: {exc}",
+            "check that --data points at a writable directory this node alone uses",
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(
+            f"kv node {node}: data directory {data_dir} is in use by another process",
+            "stop the other kv node first, or give this one its own --data directory",
+        ) from None
+    return fd

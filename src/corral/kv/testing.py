@@ -18,18 +18,20 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from corral.errors import PlatformUnavailable
 from corral.kv.client import KvClient
+from corral.testing import free_ports, wait_for
 
 
 def free_port() -> int:
-    """A port free for TCP and UDP both (a node's peer port serves replication and gossip)."""
+    """A port free for TCP and UDP both (a node's peer port serves replication and gossip);
+    ``corral.testing.free_ports`` checks TCP only, which suits HTTP ports."""
     for _ in range(50):
         with socket.socket() as tcp:
             tcp.bind(("127.0.0.1", 0))
@@ -43,19 +45,6 @@ def free_port() -> int:
     raise OSError("no port free for both TCP and UDP on 127.0.0.1")
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
 class LocalCluster:
     def __init__(
         self,
@@ -66,7 +55,7 @@ class LocalCluster:
     ) -> None:
         self.base = Path(base)
         self.names = [f"n{i + 1}" for i in range(nodes)]
-        self.http = [f"127.0.0.1:{free_port()}" for _ in self.names]
+        self.http = [f"127.0.0.1:{port}" for port in free_ports(nodes)]
         self.peer = [f"127.0.0.1:{free_port()}" for _ in self.names]
         self.options = list(options)
         self.env = env
@@ -113,9 +102,18 @@ class LocalCluster:
         return KvClient(self.http[i], timeout)
 
     def status(self, i: int) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://{self.http[i]}/kv-admin/status", timeout=5) as r:
-            result: dict[str, Any] = json.loads(r.read())
-            return result
+        """The node's ``/kv-admin/status``; ``PlatformUnavailable`` while it is down or
+        starting, which ``corral.testing.wait_for`` polls through."""
+        url = f"http://{self.http[i]}/kv-admin/status"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                result: dict[str, Any] = json.loads(r.read())
+                return result
+        except OSError as exc:
+            raise PlatformUnavailable(
+                f"kv node {self.names[i]}: no status at {url}: {exc}",
+                f"see its log, {self.base / self.names[i]}.log",
+            ) from None
 
     def sees_all_alive(self, i: int) -> bool:
         members = self.status(i)["members"]
@@ -125,7 +123,10 @@ class LocalCluster:
     def wait_ready(self, nodes: Sequence[int] | None = None, timeout: float = 15.0) -> None:
         for i in range(len(self.names)) if nodes is None else nodes:
             wait_for(
-                f"{self.names[i]} to see every node alive", partial(self.sees_all_alive, i), timeout
+                partial(self.sees_all_alive, i),
+                timeout,
+                0.05,  # each poll is an HTTP request to a node that is starting
+                what=f"{self.names[i]} to see every node alive",
             )
 
     def close(self) -> None:
