@@ -17,11 +17,14 @@ from corral.membership import (
     LOCAL,
     PRESETS,
     TEST,
+    Ack,
     Alive,
     Config,
     Dead,
     Gossip,
+    IndirectPing,
     InvalidMembershipConfig,
+    Nack,
     Ping,
     State,
     Suspect,
@@ -276,3 +279,82 @@ def test_dead_updates_about_unknown_members_are_ignored() -> None:
     s = Swim("a", "a", LAN, random.Random(1), 0.0)
     s.receive(Gossip("c", (Dead("zz", 3, "c"), Suspect("zz", 3, "c"))), 0.0)
     assert s.member("zz") is None
+
+
+def lone_member(others: str = "bcde") -> Swim:
+    s = Swim("a", "a", LAN, random.Random(7), 0.0)
+    s.add_known([Alive(n, 0, n) for n in others], 0.0)
+    return s
+
+
+def next_ping(s: Swim, answer: bool = True) -> tuple[Ping, float]:
+    """Drive ``s`` timer by timer until it pings someone; ack it unless told otherwise."""
+    for _ in range(1000):
+        now = s.deadline()
+        s.tick(now)
+        pings = [o.message for o in s.take_outbox() if isinstance(o.message, Ping)]
+        if pings:
+            if answer:
+                s.receive(Ack(pings[0].seq, pings[0].target), now)
+            return pings[0], now
+    raise AssertionError("no ping within 1000 timers")
+
+
+def test_every_member_is_probed_once_per_round_in_the_same_order_each_round() -> None:
+    s = lone_member()
+    targets = [next_ping(s)[0].target for _ in range(12)]
+    rounds = [targets[i : i + 4] for i in range(0, 12, 4)]
+    assert sorted(rounds[0]) == list("bcde")
+    assert rounds[0] == rounds[1] == rounds[2]  # gaps of exactly n-1 periods, no long ones
+
+
+def test_a_member_that_joins_is_probed_within_the_current_round() -> None:
+    s = lone_member()
+    next_ping(s)
+    s.receive(Gossip("b", (Alive("f", 0, "f"),)), s.deadline())
+    targets = [next_ping(s)[0].target for _ in range(9)]
+    assert "f" in targets[:4] and sorted(targets[:5]) == sorted(set(targets[:5]))
+
+
+def test_a_member_told_of_a_suspicion_probes_the_suspect_next_then_resumes_its_order() -> None:
+    s = lone_member()
+    before = [next_ping(s)[0].target for _ in range(4)]
+    s.receive(Gossip("c", (Suspect("e", 0, "c"),)), s.deadline())
+    ping, _ = next_ping(s)
+    assert ping.target == "e" and Suspect("e", 0, "a") in ping.updates
+    assert [next_ping(s)[0].target for _ in range(4)] == before
+
+
+def test_a_probe_whose_relays_all_nack_suspects_before_the_period_ends() -> None:
+    s = lone_member()
+    ping, start = next_ping(s, answer=False)
+    s.tick(start + LAN.probe_timeout)
+    relays = [o.message for o in s.take_outbox() if isinstance(o.message, IndirectPing)]
+    assert len(relays) == LAN.indirect_checks
+    relay_names = sorted(n for n in "bcde" if n != ping.target)
+    at = start + 0.9 * LAN.probe_interval
+    s.receive(Nack(ping.seq, relay_names[0]), at)
+    s.receive(Nack(ping.seq, relay_names[0]), at)  # a duplicate stands for no other relay
+    s.receive(Nack(ping.seq, relay_names[1]), at)
+    assert s.member(ping.target).state == State.ALIVE  # type: ignore[union-attr]
+    s.receive(Nack(ping.seq, relay_names[2]), at)
+    assert s.member(ping.target).state == State.SUSPECT  # type: ignore[union-attr]
+    assert s.health_score == 0  # every relay answered: our own packets are fine
+
+
+def test_a_killed_member_is_dead_everywhere_one_minimum_suspicion_after_it_is_suspected() -> None:
+    c = Cluster(NAMES)
+    c.run(2.0)
+    c.down.add("e")
+    suspected = dead = None
+    while dead is None and c.now < 30.0:
+        c.run(0.05)
+        states = [c.state(n, "e") for n in "abcd"]
+        if suspected is None and State.SUSPECT in states:
+            suspected = c.now
+        if all(st == State.DEAD for st in states):
+            dead = c.now
+    assert suspected is not None and dead is not None
+    # Every other member probes the suspect at once, so the two confirmations Lifeguard needs
+    # for the minimum timeout (4 s with suspicion_mult 4) arrive long before it runs out.
+    assert dead - suspected <= LAN.suspicion_mult * LAN.probe_interval + 0.5
