@@ -22,14 +22,17 @@ _BY_CODE: dict[str, type[errors.CorralError]] = {
     "already_running": errors.AlreadyRunning,
     "no_quorum": errors.PlatformUnavailable,
 }
+CONNECT_TIMEOUT = 2.0  # seconds to wait for a node to accept: a dead one is skipped quickly
+_FAILOVER_CODES = {"no_quorum", "unavailable"}  # a 503 another node may not give
 
 
 class Client:
     """A client of one control plane, or of a cluster's nodes: ``base_url`` may be a list of
     URLs. A node that refuses the connection is skipped for the next (and the client stays
     with the one that answered); a 307/308 redirect (a follower pointing at the leader) is
-    followed with the same method and body. A request that reached a node and then failed is
-    retried elsewhere only when it is a read: a write's outcome would be unknown."""
+    followed with the same method and body. A request that reached a node and then failed, or
+    was answered 503 ``no_quorum``/``unavailable``, is retried elsewhere only when it is a
+    read: a write's outcome would be unknown."""
 
     def __init__(
         self, base_url: str | Sequence[str], token: str | None, timeout: float = 30.0
@@ -60,7 +63,8 @@ class Client:
         return cls(urls, home.token("admin"), timeout)
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        connect = CONNECT_TIMEOUT if timeout is None else min(timeout, CONNECT_TIMEOUT)
+        return http.client.HTTPConnection(self.host, self.port, timeout=connect)
 
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         """A connection to the current URL, or to the next one that accepts."""
@@ -74,6 +78,8 @@ class Client:
             conn = self._connection(timeout)
             try:
                 conn.connect()
+                assert conn.sock is not None  # connect() set it
+                conn.sock.settimeout(timeout)  # the whole request's, not the connect timeout
                 return conn
             except OSError as exc:
                 conn.close()
@@ -109,7 +115,7 @@ class Client:
                 conn.request(method, target, body=payload, headers=self._headers(payload))
                 response = conn.getresponse()
                 data = response.read()
-            except (TimeoutError, ConnectionError, OSError) as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 tries -= 1
                 if tries > 0:
                     self._skip()
@@ -120,6 +126,12 @@ class Client:
                 ) from None
             finally:
                 conn.close()
+            if response.status == 503 and tries > 1:
+                failure = _error(response.status, data)
+                if failure.code in _FAILOVER_CODES:
+                    tries -= 1
+                    self._skip()
+                    continue
             location = response.getheader("Location")
             if response.status in (307, 308) and location and redirects < 3:
                 redirects += 1
@@ -152,7 +164,7 @@ class Client:
                 if not line:
                     return
                 yield line.decode("utf-8", "replace").rstrip("\n")
-        except (ConnectionError, OSError) as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise errors.PlatformUnavailable(
                 f"lost the control plane at {self.base_url} ({exc})",
                 "see $CORRAL_HOME/server.log",

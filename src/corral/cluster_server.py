@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import signal
-from pathlib import Path
 
 import msgspec
 from aiohttp import web
@@ -60,6 +59,7 @@ class ClusterNode:
         self.members: dict[int, MemberRecord] = {}
         self.url = ""
         self.store: RaftStore | None = None
+        self.cluster_api: ClusterApi | None = None
 
     async def serve(
         self,
@@ -106,14 +106,17 @@ class ClusterNode:
             leadership = Leadership(settle=config.election_timeout_seconds[0])
             watch = LeaderWatch(lambda: store.is_leader, controllers, leadership)
             cluster_api = ClusterApi(store, lambda: self.members)
+            self.cluster_api = cluster_api
             api = Api(
                 store,
                 home,
                 tokens,
                 on_shutdown=stop.set,
                 passes=lambda: controllers.passes,
+                reconciler=controllers,
                 extra_routes=cluster_api.routes(),
             )
+            controllers.on_pass = api.metrics.observe_reconcile
             runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0)
             await runner.setup()
             site = web.TCPSite(runner, host, port)
@@ -202,8 +205,11 @@ class ClusterNode:
         retry_at = 0.0
         while True:
             raft = store.node.raft
-            member = raft is not None and (
-                self.node_id in raft.voters or self.node_id in raft.learners
+            leaving = self.cluster_api is not None and self.cluster_api.leaving
+            member = (
+                raft is not None
+                and not leaving
+                and (self.node_id in raft.voters or self.node_id in raft.learners)
             )
             now = clock.monotonic()
             if member and self.members.get(self.node_id) != mine and now >= retry_at:
@@ -227,7 +233,7 @@ class ClusterNode:
             urls[self.node_id] = self.url
             wanted = cluster_view.api_urls(urls, leader)
         if wanted != current:
-            _write_atomic(self.home.api_file, "".join(f"{url}\n" for url in wanted), self.node_id)
+            self.home.write_atomic(self.home.api_file.name, "".join(f"{url}\n" for url in wanted))
 
 
 def _encode(record: MemberRecord) -> bytes:
@@ -236,13 +242,6 @@ def _encode(record: MemberRecord) -> bytes:
 
 def _decode(data: bytes) -> MemberRecord:
     return msgspec.json.decode(data, type=MemberRecord)
-
-
-def _write_atomic(path: Path, text: str, node_id: int) -> None:
-    # a temporary name per node: every node of the machine may rewrite this file
-    tmp = path.with_name(f".{path.name}.{node_id}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(

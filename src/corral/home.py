@@ -24,6 +24,7 @@ from pathlib import Path
 
 from corral import ids
 from corral.errors import AlreadyRunning
+from corral.runtime.driver import write_atomic
 
 TOKEN_FILES = {"admin": "token", "read": "read-token", "ingest": "ingest-token"}
 
@@ -178,8 +179,5 @@ class Home:
         return False
 
     def write_atomic(self, name: str, text: str, mode: int = 0o644) -> None:
-        tmp = self.path / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, self.path / name)
+        # one helper, whose temp name is per process: several nodes share a home
+        write_atomic(self.path / name, text.encode(), mode)

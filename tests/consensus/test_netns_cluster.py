@@ -7,20 +7,23 @@ fast, which must cost liveness at most, never safety (lease reads are off by def
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from corral.sim.linearizability import History, check
+from corral.testing import wait_for
 from tests import netns
 
 pytestmark = [
@@ -46,18 +49,25 @@ class Cluster:
                 str(self.base / name), "default"]  # fmt: skip
         if name == "n3" and shutil.which("faketime") is not None:
             argv = ["faketime", "-f", "+90s x1.2", *argv]  # clock offset and drift
-        proc = subprocess.Popen(self.net.command(name, argv), stdout=subprocess.PIPE)
+        # A process group of its own: `faketime` runs the node as its child, and a signal
+        # meant for the node (SIGSTOP, SIGKILL) must reach it, not only the wrapper.
+        proc = subprocess.Popen(
+            self.net.command(name, argv), stdout=subprocess.PIPE, start_new_session=True
+        )
+        self.procs[name] = proc
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"READY", f"{name} did not start"
-        self.procs[name] = proc
 
     def signal(self, name: str, sig: signal.Signals) -> None:
-        self.procs[name].send_signal(sig)
+        os.killpg(self.procs[name].pid, sig)
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def leader(self) -> str | None:
         best: tuple[int, str] | None = None
@@ -74,16 +84,6 @@ class Cluster:
         for name in list(self.procs):
             self.signal(name, signal.SIGCONT)  # a stopped process cannot die of SIGKILL cleanly
             self.kill(name)
-
-
-def wait_for(condition: Callable[[], object], within: float, what: str) -> object:
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {within} s: {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_a_partitioned_paused_killed_and_lossy_cluster_stays_linearizable(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     net = cluster.net
-    first = wait_for(cluster.leader, 10, "a first leader")
+    first = wait_for(cluster.leader, 10, interval=0.05, what="a first leader")
     out = tmp_path / "history.json"
     hosts = ",".join(net.address(n) for n in NODES)
     argv = [sys.executable, str(HERE / "netns_client.py"), hosts, str(TRAFFIC_SECONDS), "4"]
@@ -141,18 +141,23 @@ def test_a_partitioned_paused_killed_and_lossy_cluster_stays_linearizable(
         at(1.5)
         old = str(cluster.leader() or first)
         net.partition([[old], [n for n in NODES if n != old]])
-        wait_for(lambda: cluster.leader() not in (None, old), 8, "a leader on the majority side")
+        wait_for(
+            lambda: cluster.leader() not in (None, old),
+            8,
+            interval=0.05,
+            what="a leader on the majority side",
+        )
         at(4.5)
         net.heal()
         # 2. The leader is paused (SIGSTOP), so its lease and heartbeats stall, then resumed.
         at(5.5)
-        paused = str(wait_for(cluster.leader, 8, "a leader to pause"))
+        paused = str(wait_for(cluster.leader, 8, interval=0.05, what="a leader to pause"))
         cluster.signal(paused, signal.SIGSTOP)
         at(7.5)
         cluster.signal(paused, signal.SIGCONT)
         # 3. One-way: the followers stop hearing the leader, while it still hears them.
         at(8.5)
-        deaf = str(wait_for(cluster.leader, 8, "a leader to isolate one way"))
+        deaf = str(wait_for(cluster.leader, 8, interval=0.05, what="a leader to isolate one way"))
         for other in NODES:
             if other != deaf:
                 net.one_way(deaf, other)
@@ -160,7 +165,7 @@ def test_a_partitioned_paused_killed_and_lossy_cluster_stays_linearizable(
         net.heal()
         # 4. A node is killed with SIGKILL and restarted from its data directory.
         at(11.0)
-        victim = str(wait_for(cluster.leader, 8, "a leader to kill"))
+        victim = str(wait_for(cluster.leader, 8, interval=0.05, what="a leader to kill"))
         cluster.kill(victim)
         at(12.0)
         cluster.start(victim)

@@ -10,7 +10,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from corral.api.server import Api
+from corral.errors import Compacted
 from corral.home import Home
+from corral.store.base import WatchEvent
 from corral.store.sqlite import SQLiteStore
 
 MANIFEST = {
@@ -179,3 +181,44 @@ async def test_an_idle_store_watch_sends_heartbeats_then_the_change(
         lines.append((await response.content.readline()).decode().rstrip("\n"))
     assert '"key": "/corral/services/web"' in next(x for x in lines if x.startswith("data: "))
     response.close()
+
+
+async def test_a_store_watch_from_a_compacted_revision_answers_event_compacted(
+    tmp_path: Path,
+) -> None:
+    class CompactedAtOnce(SQLiteStore):
+        # a backend whose watch() refuses a compacted start before it returns an iterator
+        def watch(self, prefix: str, start_revision: int = 0) -> AsyncIterator[WatchEvent]:
+            raise Compacted(7, start_revision)
+
+    home = Home(tmp_path / "home")
+    home.create()
+    tokens = home.ensure_tokens()
+    store = await CompactedAtOnce.open(home.store_path)
+    client: TestClient[Any, Any] = TestClient(TestServer(Api(store, home, tokens).app()))
+    await client.start_server()
+    try:
+        response = await client.get(
+            "/api/v1/store/watch",
+            params={"prefix": "/corral/services/", "start_revision": "2"},
+            headers={"Authorization": f"Bearer {tokens['read']}"},
+        )
+        assert response.status == 200
+        assert "event: compacted\ndata: 7\n" in await response.text()
+    finally:
+        await client.close()
+        await store.close()
+
+
+async def test_the_remote_store_never_hands_out_the_alerting_config(api: Ctx) -> None:
+    # webhook URLs carry their receivers' credentials
+    for path in ("/api/v1/store/range", "/api/v1/store/watch"):
+        for prefix in ("/corral/alerts/config", "/corral/alerts/"):
+            response = await api.client.get(
+                path, params={"prefix": prefix}, headers=api.auth("read")
+            )
+            assert response.status == 403, (path, prefix)
+    ok = await api.client.get(
+        "/api/v1/store/range", params={"prefix": "/corral/alerts/state"}, headers=api.auth("read")
+    )
+    assert ok.status == 200

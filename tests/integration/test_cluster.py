@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,28 +26,17 @@ import pytest
 from corral.client import Client
 from corral.errors import CorralError
 from corral.home import Home
-from corral.testing import kill_leftovers, wait_for
+from corral.testing import free_ports, kill_leftovers, wait_for
 from tests.integration.apps import service_yaml, write_app
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class Cluster:
     def __init__(self, root: Path, size: int = 3) -> None:
         self.home = Home(root / "home")
         self.home.path.mkdir(parents=True)
-        ports = _free_ports(size + 1)  # one spare for a node that joins
+        ports = free_ports(size + 1)  # one spare for a node that joins
         self.addresses = {i: f"127.0.0.1:{port}" for i, port in enumerate(ports, 1)}
         self.voters = list(range(1, size + 1))
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -271,6 +259,15 @@ def _transfer_and_membership(cluster: Cluster) -> None:
     assert removed.returncode == 0, removed.stderr
     assert sorted(members()) == [1, 2, 3]
 
+    # the leader removing itself: it answers success, and its record goes with it
+    leaving = cluster.leader()
+    assert leaving is not None
+    removed = cluster.corral("cluster", "remove", str(leaving))
+    assert removed.returncode == 0, removed.stderr
+    cluster.voters.remove(leaving)
+    rest = sorted(cluster.voters)
+    wait_for(lambda: sorted(members()) == rest, 10.0, interval=0.1, what="its record to go")
+
 
 def _get(port: int, path: str = "/") -> tuple[int, str]:
     try:
@@ -291,7 +288,7 @@ def test_gateway_keeps_routing_across_a_leader_kill_and_down_stops_every_node(
 
 def _gateway_and_down(cluster: Cluster, tmp_path: Path) -> None:
     app = write_app(tmp_path)
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     manifest = tmp_path / "corral.yaml"
 
     manifest.write_text(

@@ -6,11 +6,11 @@ and the whole control plane (`corral up`) running on it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,11 +20,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from corral.errors import PlatformUnavailable, UserError
 from corral.store.base import Store, put
 from corral.store.etcd import EtcdStore, EtcdUnavailable, parse_url
+from corral.testing import free_ports
 from tests.store.contract import StoreContract, StoreFactory, take
 
 pytestmark = pytest.mark.skipif(
@@ -49,17 +51,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 
 NAMESPACES = itertools.count()
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass
@@ -230,6 +221,38 @@ async def test_platforms_in_different_namespaces_share_a_cluster_without_seeing_
     finally:
         await one.close()
         await two.close()
+
+
+async def test_opening_a_namespace_leaves_a_sibling_prefix_leased_keys_alone(
+    etcd: EtcdCluster,
+) -> None:
+    # Another application (not Corral) holds "/other-app/…" under a 2 s lease it keeps alive;
+    # a platform opened at "/other" shares the prefix string but must not revoke that lease.
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    endpoint = f"http://{etcd.members[0].address}"
+    async with aiohttp.ClientSession() as http:
+
+        async def call(path: str, body: dict[str, object]) -> dict[str, object]:
+            async with http.post(endpoint + path, json=body) as response:
+                assert response.status == 200, await response.text()
+                reply: dict[str, object] = await response.json()
+                return reply
+
+        lease = (await call("/v3/lease/grant", {"TTL": 2}))["ID"]
+        await call("/v3/kv/put", {"key": b64("/other-app/x"), "value": b64("v"), "lease": lease})
+        store = await EtcdStore.open(etcd.url("/other"))
+        try:
+            deadline = time.monotonic() + 3.0  # past the store's reaper deadline (2 s)
+            while time.monotonic() < deadline:
+                await call("/v3/lease/keepalive", {"ID": lease})
+                await asyncio.sleep(0.3)
+            kept = await call("/v3/kv/range", {"key": b64("/other-app/x")})
+            assert kept.get("kvs"), "the other application's leased key was deleted"
+        finally:
+            await store.close()
+            await call("/v3/lease/revoke", {"ID": lease})
 
 
 async def test_unreachable_etcd_is_a_platform_unavailable_error_naming_the_address() -> None:

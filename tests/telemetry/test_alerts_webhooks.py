@@ -17,8 +17,9 @@ import pytest
 from aiohttp import web
 
 from corral import model
+from corral.api.insight import alerts_view
 from corral.control import webhooks
-from corral.control.alerter import Alerter
+from corral.control.alerter import STATE_REFRESH_S, Alerter
 from corral.control.webhooks import Delivery, Hook, WebhookSender
 from corral.home import Home
 from corral.store.sqlite import SQLiteStore
@@ -236,3 +237,25 @@ async def test_slo_burn_alert_carries_failing_traces_of_its_route_only(tmp_path:
     assert asked[0]["error"] == "true" and asked[0]["minutes"] == "60"
     assert slow.alert.evidence.trace_ids == ["aa01", "aa03"]
     assert asked[1]["min_duration_us"] == "300000" and "error" not in asked[1]
+
+
+async def test_another_nodes_alerts_view_shows_a_recent_pass_when_nothing_changes(
+    tmp_path: Path,
+) -> None:
+    store = await SQLiteStore.open(tmp_path / "store.db")
+    leader = Alerter(store, Home(tmp_path / "home"))
+    elsewhere = Alerter(store, Home(tmp_path / "home"))  # a follower's API: it never evaluates
+    try:
+        start = 1_000_000.0
+        await leader.evaluate_once(start)
+        assert (await alerts_view(elsewhere))["evaluated_at"] == start
+        revision = (await store.range("")).revision
+        await leader.evaluate_once(start + 10)  # nothing changed: no write yet
+        assert (await store.range("")).revision == revision
+        later = start + STATE_REFRESH_S + 1
+        await leader.evaluate_once(later)
+        assert (await alerts_view(elsewhere))["evaluated_at"] == later
+    finally:
+        await leader.close()
+        await elsewhere.close()
+        await store.close()

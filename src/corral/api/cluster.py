@@ -39,6 +39,7 @@ class ClusterApi:
     def __init__(self, store: RaftStore, members: Callable[[], Mapping[int, MemberRecord]]) -> None:
         self.store = store
         self.members = members
+        self.leaving = False  # this node is removing itself from the cluster
 
     def routes(self) -> list[Route]:
         return [
@@ -152,12 +153,23 @@ class ClusterApi:
             )
         if node_id in raft.voters and len(raft.voters) == 1:
             raise Conflict(f"node {node_id} is the last voter", "add another member first")
-        await node.remove_member(node_id)
-        await self._forget(node_id)
+        if node_id == node.id:
+            # Once removed, this node can no longer write to the Store: forget it first, while
+            # it still leads. ``leaving`` stops the node from publishing its record again.
+            self.leaving = True
+            try:
+                await self.store.txn([], [Delete(member_key(node_id))])
+                await node.remove_member(node_id)
+            except BaseException:
+                self.leaving = False  # still a member: it publishes its record again
+                raise
+        else:
+            await node.remove_member(node_id)
+            await self._forget(node_id)
         return web.json_response({"id": node_id, **self._conf()})
 
     async def _forget(self, node_id: int) -> None:
-        # After removing itself the leader steps down: the delete waits for the next one.
+        # A leadership change right after the removal: the delete waits for the next leader.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TRANSFER_WITHIN
         while True:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -914,6 +914,13 @@ class Api:
         if prefix.startswith(model.SECRETS) or model.SECRETS.startswith(prefix):
             # Secrets never leave through the remote Store: list narrower prefixes instead.
             raise Forbidden(f"prefix {prefix!r} would include secrets", "read a narrower prefix")
+        config = alerting.CONFIG_KEY
+        if prefix.startswith(config) or config.startswith(prefix):
+            # Webhook URLs carry their receivers' credentials: as secret as secrets.
+            raise Forbidden(
+                f"prefix {prefix!r} would include the alerting config ({config})",
+                "read a narrower prefix",
+            )
         return prefix
 
     async def store_range(self, request: web.Request) -> web.StreamResponse:
@@ -940,9 +947,11 @@ class Api:
         await response.write(b": watching\n\n")
         # A comment line every WATCH_HEARTBEAT seconds of silence: a watcher cut off from this
         # node (packets dropped, no reset) notices the missing heartbeats and fails over.
-        changes = self.store.watch(prefix, start).__aiter__()
+        changes: AsyncIterator[WatchEvent] | None = None
         pending: asyncio.Future[WatchEvent] | None = None
         try:
+            # inside the try: a start already compacted may raise right here
+            changes = self.store.watch(prefix, start).__aiter__()
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(changes.__anext__())
@@ -964,7 +973,7 @@ class Api:
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                     await pending
-            aclose = getattr(changes, "aclose", None)
+            aclose = getattr(changes, "aclose", None) if changes is not None else None
             if aclose is not None:
                 await aclose()
         return response

@@ -51,9 +51,15 @@ def server_options(command: F) -> F:
 
 
 def run_node_if_asked(
-    home: Home, host: str, port: int, options: dict[str, Any], foreground: bool
+    home: Home,
+    host: str,
+    port: int,
+    options: dict[str, Any],
+    foreground: bool,
+    store: str | None = None,
 ) -> bool:
-    """Run a cluster node when ``--cluster`` was given (returns when it stops); False if not."""
+    """Run a cluster node when ``--cluster`` was given (returns when it stops); False if not.
+    ``--api`` alone runs the single control plane on ``store`` (``--store``/CORRAL_STORE)."""
     if options.get("api_address"):
         host, _, raw = str(options["api_address"]).rpartition(":")
         if not host or not raw.isdigit():
@@ -69,9 +75,16 @@ def run_node_if_asked(
         if options.get("api_address"):
             from corral import server as server_module
 
-            server_module.main(home, host, port, foreground=foreground)
+            server_module.main(home, host, port, foreground=foreground, store_url=store)
             return True
         return False
+    if store:
+        raise UserError(
+            f"--cluster keeps its state in its own replicated store; --store {store!r} "
+            "(or CORRAL_STORE) cannot go with it",
+            "drop --store and unset CORRAL_STORE for a cluster node, or drop --cluster to run "
+            "one control plane on that store",
+        )
     if options.get("node_id") is None or not options.get("peers"):
         raise UserError(
             "--cluster needs --node-id and --peers",
@@ -161,6 +174,19 @@ def stop_nodes(client: Client, urls: list[str]) -> list[str]:
     return running
 
 
+def leader_seen(rows: list[dict[str, Any]]) -> tuple[int | None, int]:
+    """The leader named at the highest term any member reports one, and that term. Views
+    disagree while news of an election spreads; a node stuck at an older term (cut off, or
+    just behind) must not hide the leader the others follow. Raft elects at most one leader
+    per term, so two names at one term mean a view is corrupt: no leader then."""
+    named = [(int(r["term"] or 0), int(r["leader"])) for r in rows if r["leader"]]
+    if not named:
+        return None, 0
+    term = max(t for t, _ in named)
+    leaders = {lead for t, lead in named if t == term}
+    return (leaders.pop() if len(leaders) == 1 else None), term
+
+
 @click.group("cluster")
 def cluster() -> None:
     """The replicated control plane: members, roles, leader, lag."""
@@ -178,10 +204,10 @@ def status(as_json: bool) -> None:
     for node_id in _ids(first) - set(members):
         members[node_id] = MemberRecord(node_id, first["peers"].get(str(node_id), ""), "")
     rows = cluster_view.status_rows(_member_views(client, first), members)
-    leaders = sorted({r["leader"] for r in rows if r["leader"]})
+    leader, term = leader_seen(rows)
     summary = {
-        "leader": leaders[0] if len(leaders) == 1 else None,
-        "term": max((r["term"] or 0 for r in rows), default=0),
+        "leader": leader,
+        "term": term or max((r["term"] or 0 for r in rows), default=0),
         "members": rows,
     }
     if as_json:

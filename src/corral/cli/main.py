@@ -107,7 +107,7 @@ def validate(manifest: str) -> None:
 @cluster_cli.server_options
 def server(host: str, port: int, store: str | None = None, **cluster: Any) -> None:
     """Run the control plane in the foreground (with --cluster: one node of a replicated one)."""
-    if cluster_cli.run_node_if_asked(_home(), host, port, cluster, sys.stderr.isatty()):
+    if cluster_cli.run_node_if_asked(_home(), host, port, cluster, sys.stderr.isatty(), store):
         return
     from corral import server as server_module
 

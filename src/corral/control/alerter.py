@@ -38,6 +38,9 @@ log = logging.getLogger("corral.alerts")
 CONFIG_KEY = model.PREFIX + "alerts/config"
 STATE_KEY = model.PREFIX + "alerts/state"
 DEFAULT_INTERVAL_S = 10.0
+# An unchanged state is still written this often, so another node's API (in a cluster, the
+# alerter runs on the leader only) shows a recent ``evaluated_at``, not the last change's.
+STATE_REFRESH_S = 60.0
 EXAMPLE_TRACES = 3
 EXAMPLE_SEARCH = 50  # recent bad traces searched for an SLO alert's route (any service)
 
@@ -212,7 +215,8 @@ class Alerter:
             previous.resolved,
             previous.inputs,
         )
-        if unchanged and not decisions:
+        fresh = now - previous.evaluated_at < STATE_REFRESH_S
+        if unchanged and not decisions and fresh:
             self.passes += 1
             return decisions  # no write: watchers of /corral/ are not woken for nothing
         ops = [Put(STATE_KEY, msgspec.json.encode(state))]

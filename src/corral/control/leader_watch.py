@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 
 from corral import clock
 from corral.agent.agent import Agent
@@ -40,10 +40,16 @@ class Controllers:
         self.reconciler: Reconciler | None = None
         self.autoscaler: Autoscaler | None = None
         self.alerter: Alerter | None = None
+        self.on_pass: Callable[[float], None] | None = None  # the reconciler's, for metrics
 
     @property
     def passes(self) -> int:
         return self.reconciler.passes if self.reconciler is not None else 0
+
+    @property
+    def queue(self) -> Sized:
+        """The reconciler's work queue (empty on a node that does not lead)."""
+        return self.reconciler.queue if self.reconciler is not None else ()
 
     async def start(self) -> None:
         """Same order as the single server: the agent re-adopts running shims before the
@@ -55,6 +61,7 @@ class Controllers:
             self.reconciler = Reconciler(
                 self.store, endpoints_file=self.home.path / "endpoints.json"
             )
+            self.reconciler.on_pass = self.on_pass
             await self.reconciler.start()
             self.autoscaler = Autoscaler(self.store, {"cpu": CpuUsage(self.home.instances_dir)})
             await self.autoscaler.start()
@@ -117,7 +124,10 @@ class LeaderWatch:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await self._starting
                     self._starting = None
-                await self.controllers.close()
+                try:
+                    await self.controllers.close()
+                except Exception:  # a controller that fails to stop must not end this loop
+                    log.exception("stopping the controllers failed; handling leadership goes on")
                 self.leadership.stopped()
             await asyncio.sleep(self.poll)
 

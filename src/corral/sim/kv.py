@@ -491,6 +491,9 @@ def measure_kills(
         world.start(world.members[name], [first.name])
     sim.run_until(20.0)
     for _ in range(kills):
+        # A random phase: kills on a fixed grid would sample only a few phases of each
+        # survivor's probe schedule and bias the figures of one seed.
+        sim.run_until(sim.now + world.rng.uniform(0.0, 1.0))
         victim = world.members[world.rng.choice(world.names)]
         world.kill(victim)
         world.killed_at[victim.name] = sim.now

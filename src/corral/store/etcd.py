@@ -25,8 +25,10 @@ Theory of operation:
   revokes the lease at that deadline (one revision deleting all its keys, sorted, as etcd
   does); the etcd lease, granted at ``ceil(ttl)`` seconds and kept alive with it, is the
   backstop that frees the keys if the control plane dies. When a store opens it keeps alive
-  every lease holding keys in its namespace, which restarts each at its full TTL (etcd also
-  does so on a leader change). A lease adopted that way has etcd's whole-second TTL.
+  (with etcd's keepalive only) every lease holding keys under ``namespace + "/"``, which
+  restarts each at its full TTL (etcd also does so on a leader change); such a lease enters
+  the local table, and so can be revoked by this store, only when it is kept alive through
+  ``keepalive`` — never another application's lease that merely shares the prefix.
 - **Namespace.** ``etcd://host:port/prefix`` prefixes every key with ``/prefix`` so several
   platforms (or other users) can share a cluster; compaction stays cluster-wide, as in etcd.
 - **Failover.** Requests go to one endpoint until it fails, then to the next. A request that
@@ -413,8 +415,14 @@ class EtcdStore:
             await self._call("/v3/lease/revoke", {"ID": lease_id})
 
     async def _adopt_leases(self) -> None:
-        """Restart every lease that holds keys in this namespace at its full TTL."""
+        """Restart every lease that holds keys in this namespace at its full TTL.
+
+        Only etcd's own keepalive: an adopted lease never enters ``self._leases``, so the
+        reaper never revokes it. A lease that merely looks like ours (another application's
+        under a sibling prefix, or any lease when there is no namespace) must not lose its
+        keys here; ours come back into the table when their holder keeps them alive."""
         listing = await self._call("/v3/lease/leases", {}, read=True)
+        mine = self._ns + b"/"
         for entry in listing.get("leases") or []:
             lease_id = int(entry["ID"])
             info = await self._call(
@@ -422,10 +430,10 @@ class EtcdStore:
             )
             keys = [_unb64(k) for k in info.get("keys") or []]
             granted = int(info.get("grantedTTL", 0))
-            if granted <= 0 or not any(k.startswith(self._ns) for k in keys):
+            if granted <= 0 or not any(k.startswith(mine) for k in keys):
                 continue
             with contextlib.suppress(NotFound):
-                await self.keepalive(lease_id)
+                await self._call("/v3/lease/keepalive", {"ID": lease_id}, read=True)
 
     async def _reap_leases(self) -> None:
         while True:

@@ -11,7 +11,10 @@ URL list is re-read from the api file (the nodes keep it current, leader first) 
 new round. A watch that loses its node resumes on another from the last revision it
 delivered, skipping the events of that revision it already delivered (one transaction may
 change several keys at one revision): no gap, no duplicate; ``Compacted`` if that node has
-compacted past it.
+compacted past it. A watch "from now" (``start_revision`` 0) resolves now to a revision with
+a range first, so a failover before its first event resumes from that revision, not from the
+next node's now. Nodes that accept the watch and end it at once ``MAX_EMPTY_WATCHES`` times in
+a row raise ``PlatformUnavailable`` rather than loop.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ READ_TIMEOUT = 15.0  # a range on a node that lost quorum answers no_quorum well
 # The API sends a ": ping" every 5 s on an idle watch: three missed mean the node is gone.
 WATCH_SILENCE = 15.0
 RETRY_PAUSE = 0.05  # between reconnects of a watch whose node closed it at once
+# Watches in a row that a node accepted and ended without an event: past this, something is
+# wrong with the nodes (not a failover in progress), and looping on would hide it.
+MAX_EMPTY_WATCHES = 40
 
 
 class _Unreachable(Exception):
@@ -139,16 +145,21 @@ class RemoteStore:
 
     async def watch(self, prefix: str, start_revision: int = 0) -> AsyncIterator[WatchEvent]:
         start = start_revision
+        if not start:
+            # "from now" must mean the same now on every node: a failover before the first
+            # event would otherwise restart at the next node's now and skip what came between
+            start = (await self.range(prefix, limit=1)).revision + 1
         # the last revision delivered, and how many of its events were (see the docstring)
         last_revision, delivered_at_last = 0, 0
         failures: list[str] = []
+        empty = 0  # watches in a row that ended without delivering an event
         while True:
             urls = self._round()
             for url in urls:
                 if last_revision:
                     start = last_revision
                 skip = delivered_at_last if last_revision else 0
-                established = False
+                established = delivered = False
                 try:
                     async with contextlib.aclosing(self._watch_on(url, prefix, start)) as events:
                         async for event in events:
@@ -165,11 +176,17 @@ class RemoteStore:
                                 delivered_at_last += 1
                             else:
                                 last_revision, delivered_at_last = revision, 1
+                            delivered = True
                             yield event
                     failures.append(f"{url}: the watch ended")
                 except _Unreachable as exc:
                     failures.append(f"{url}: {exc}")
                 if established:
+                    empty = 0 if delivered else empty + 1
+                    if empty >= MAX_EMPTY_WATCHES:
+                        raise self._unavailable(
+                            [f"{MAX_EMPTY_WATCHES} watches in a row ended at once", *failures[-3:]]
+                        )
                     # a new round, from the freshest URL list, starting after the node that
                     # ended the watch (it may be shutting down and accepting still)
                     self._rotate(url)

@@ -1,0 +1,56 @@
+"""The leader watch keeps handling leadership whatever the controllers do when stopped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from corral.control.leader_watch import Controllers, LeaderWatch
+from corral.control.leadership import Leadership
+from corral.home import Home
+from corral.store.sqlite import SQLiteStore
+
+
+class StubbornControllers(Controllers):
+    """Controllers whose stop fails (e.g. a controller raising while it closes)."""
+
+    def __init__(self, store: SQLiteStore, home: Home) -> None:
+        super().__init__(store, home)
+        self.starts = 0
+        self.closes = 0
+
+    async def start(self) -> None:
+        self.starts += 1
+
+    async def close(self) -> None:
+        self.closes += 1
+        raise RuntimeError("a controller failed to stop")
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"not within 5 s: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_controllers_start_again_on_the_next_leadership_after_a_failed_stop(
+    tmp_path: Path,
+) -> None:
+    store = await SQLiteStore.open(tmp_path / "store.db")
+    controllers = StubbornControllers(store, Home(tmp_path / "home"))
+    leading = True
+    watch = LeaderWatch(lambda: leading, controllers, Leadership(settle=0.0), poll=0.01)
+    watch.start()
+    try:
+        await _until(lambda: controllers.starts == 1, "the first start")
+        leading = False
+        await _until(lambda: controllers.closes >= 1, "the stop")
+        leading = True
+        await _until(lambda: controllers.starts == 2, "a start after the failed stop")
+    finally:
+        assert watch._task is not None
+        watch._task.cancel()
+        await asyncio.gather(watch._task, return_exceptions=True)
+        await store.close()
