@@ -32,7 +32,7 @@ from aiohttp import web
 
 from corral import clock
 from corral.api.cluster import ClusterApi
-from corral.api.server import Api
+from corral.api.server import Api, listen
 from corral.consensus.config import PRESETS
 from corral.consensus.messages import NONE
 from corral.control import cluster_view
@@ -117,14 +117,7 @@ class ClusterNode:
                 extra_routes=cluster_api.routes(),
             )
             controllers.on_pass = api.metrics.observe_reconcile
-            runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-            bound = port
-            for address in runner.addresses:
-                bound = int(address[1])
-                break
+            runner, bound = await listen(api, host, port)
             self.url = f"http://{host}:{bound}"
             self.node_home.write_atomic("server.pid", f"{os.getpid()}\n")
             self.node_home.write_atomic("api", self.url + "\n")

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from corral.agent.agent import Agent
 from corral.agent.usage import CpuUsage
-from corral.api.server import Api
+from corral.api.server import Api, listen
 from corral.control.autoscaler import Autoscaler
 from corral.control.reconciler import Reconciler
 from corral.control.system import ensure_collector
@@ -114,14 +114,7 @@ async def serve(
             reconciler=reconciler,
         )
         reconciler.on_pass = api.metrics.observe_reconcile
-        runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = port
-        for address in runner.addresses:
-            bound = int(address[1])
-            break
+        runner, bound = await listen(api, host, port)
         home.write_atomic("server.pid", f"{os.getpid()}\n")
         home.write_atomic("api", f"http://{host}:{bound}\n")
         log.info(

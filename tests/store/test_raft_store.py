@@ -4,7 +4,6 @@ on loopback in this process (three nodes, three ports, three data dirs), through
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -17,20 +16,10 @@ from corral.consensus.config import DEFAULT, FAST
 from corral.errors import AlreadyRunning
 from corral.store.base import Store, put
 from corral.store.raft import RaftStore, open_local_cluster, wait_for_leader
+from corral.testing import free_ports
 from tests.store.contract import StoreContract, StoreFactory, absent, eventually, take
 
 WRITER = Path(__file__).with_name("raft_writer.py")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class RaftClusterFactory:

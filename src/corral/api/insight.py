@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from corral import clock, model
+from corral.control import events
 from corral.control.alerter import Alerter
 from corral.control.state import load_instances, load_services
 from corral.control.usage_sampler import UsageSampler
@@ -53,7 +54,7 @@ async def changes_view(
     end = clock.wall() if end is None else end
     start = end - _since(since or "1h")
     listing = await store.range(model.EVENTS)
-    views = [_event_view(model.decode(kv.value, model.Event)) for kv in listing.kvs]
+    views = [events.as_dict(model.decode(kv.value, model.Event)) for kv in listing.kvs]
     rows = changes.changes(views, start, end + 1e-6, service)
     wanted = sorted({service} if service else {r.service for r in rows if r.service})
     series: dict[str, Any] = {}
@@ -112,16 +113,4 @@ async def capacity_view(
         "services": _json(capacity.services(usage, limits, near)),
         "hosts": _json(hosts),
         "telemetry": problem,
-    }
-
-
-def _event_view(event: model.Event) -> dict[str, Any]:
-    return {
-        "at": event.at,
-        "subject": event.subject,
-        "kind": event.kind,
-        "service": event.service,
-        "from": event.from_phase,
-        "to": event.to_phase,
-        "reason": event.reason,
     }

@@ -623,7 +623,7 @@ class Api:
             event = model.decode(kv.value, model.Event)
             if only and event.service != only and event.subject != only:
                 continue
-            out.append(_event_dict(event))
+            out.append(events.as_dict(event))
         return web.json_response(out[-limit:] if limit else out)
 
     async def alerts(self, request: web.Request) -> web.StreamResponse:
@@ -662,7 +662,7 @@ class Api:
                     event = model.decode(change.kv.value, model.Event)
                     if only and event.service != only and event.subject != only:
                         continue
-                    data = json.dumps(_event_dict(event))
+                    data = json.dumps(events.as_dict(event))
                     await response.write(f"event: lifecycle\ndata: {data}\n\n".encode())
                 return response
             except Compacted as exc:
@@ -1021,13 +1021,13 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
         raise UserError(f"query parameter {name}={raw!r} is not a number", f"{name}=100") from None
 
 
-def _event_dict(event: model.Event) -> dict[str, Any]:
-    return {
-        "at": event.at,
-        "subject": event.subject,
-        "kind": event.kind,
-        "service": event.service,
-        "from": event.from_phase,
-        "to": event.to_phase,
-        "reason": event.reason,
-    }
+async def listen(api: Api, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve ``api`` on ``host:port`` (port 0: a free one); the runner and the bound port."""
+    runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    bound = port
+    for address in runner.addresses:
+        bound = int(address[1])
+        break
+    return runner, bound

@@ -7,11 +7,25 @@ events in the order they happened and ``watch`` follows new ones.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from corral import clock, model
 from corral.store.base import Put, Store
 
 _sequence = itertools.count()
+
+
+def as_dict(event: model.Event) -> dict[str, Any]:
+    """An event as the API, the CLI and the dashboard show it."""
+    return {
+        "at": event.at,
+        "subject": event.subject,
+        "kind": event.kind,
+        "service": event.service,
+        "from": event.from_phase,
+        "to": event.to_phase,
+        "reason": event.reason,
+    }
 
 
 def event_key(at: float) -> str:

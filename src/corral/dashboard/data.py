@@ -7,6 +7,7 @@ from typing import Any
 
 from corral import clock, model
 from corral.api import views
+from corral.control.events import as_dict as event_view
 from corral.dashboard import changes as changelog
 from corral.store.base import Store
 
@@ -42,17 +43,7 @@ async def events(store: Store, service: str = "", limit: int = 50) -> list[dict[
         event = model.decode(kv.value, model.Event)
         if service and event.service != service and event.subject != service:
             continue
-        out.append(
-            {
-                "at": event.at,
-                "subject": event.subject,
-                "kind": event.kind,
-                "service": event.service,
-                "from": event.from_phase,
-                "to": event.to_phase,
-                "reason": event.reason,
-            }
-        )
+        out.append(event_view(event))
     return out[-limit:] if limit else out
 
 
