@@ -15,7 +15,7 @@ from corral.consensus.node import Node, NoQuorum
 from corral.consensus.transport import Transport
 from corral.consensus.wal import DiskStorage
 from corral.errors import PlatformUnavailable
-from tests.store.test_raft_store import free_ports
+from corral.testing import free_ports
 
 DEADLINE = 10.0
 
