@@ -55,6 +55,7 @@ PURE_MODULES = [
     "corral.telemetry.autoinstrument",
     "corral.kv.wire",
     "corral.kv.service",
+    "corral.telemetry.impact_core",
     "corral.gateway.plugin_budget",
     "corral.gateway.gradient",
     "corral.control.leadership",
