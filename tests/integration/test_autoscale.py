@@ -308,7 +308,9 @@ async def test_the_cpu_source_reads_a_busy_process_as_a_fraction_of_its_limit(
             utilisation(a, b) for a, b in zip(before, after, strict=True) if a and b
         )
         assert one_core is not None and two_cores is not None
-        assert two_cores == pytest.approx(one_core / 2, rel=0.05)  # the same time, half of 2
+        # The same CPU time over a limit of 2 reads as half (the two are read a moment apart,
+        # so a loaded machine moves them a little; a missing normalisation would be 2× off).
+        assert two_cores == pytest.approx(one_core / 2, rel=0.2)
         assert await usage.sample("burn", "rps", ["busy-1"]) is None
         assert await usage.sample("burn", "cpu", ["missing-1"]) is None
     finally:

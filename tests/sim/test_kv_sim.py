@@ -46,10 +46,14 @@ def test_lww_keeps_one_value_and_silently_drops_acknowledged_writes() -> None:
 
 
 def test_a_tombstone_reaped_before_every_replica_saw_it_resurrects_the_value() -> None:
-    # The grace period is why deletes stick: seed 0 crashes a replica for longer than 0.5 s.
-    result = run_kv(0, KvOptions(grace=0.5))
+    # The grace period is why deletes stick: with a 0.5 s grace, frequent anti-entropy and slow
+    # hinted handoff, seed 2 lets a replica that missed a delete push the old value back to
+    # peers that had already reaped the tombstone.
+    options = KvOptions(grace=0.5, handoff_interval=10.0, ae_interval=1.0)
+    result = run_kv(2, options)
     assert not result.ok and "resurrected" in result.problem
-    assert "replay: python -m corral.sim kv --seed 0 --grace 0.5" in result.report()
+    replay = "kv --seed 2 --ae-interval 1.0 --grace 0.5 --handoff-interval 10.0"
+    assert f"replay: python -m corral.sim {replay}" in result.report()
 
 
 def test_checker_catches_a_merge_that_drops_concurrent_siblings(
