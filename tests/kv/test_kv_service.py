@@ -13,14 +13,19 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from corral.consensus.transport import frame, read_frame, split_address
 from corral.errors import UserError
 from corral.kv import http as kv_http
+from corral.kv import versions
 from corral.kv.coordinator import Quorum
 from corral.kv.http import HttpProtocol
 from corral.kv.node import KvNode, NodeConfig
 from corral.kv.testing import LocalCluster, free_port
+from corral.kv.transport import Rpc
+from corral.kv.wire import Envelope, Fetch, Found, Hello, Reply, Request, to_wire
 from corral.testing import free_ports, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -185,3 +190,48 @@ async def test_the_http_api_answers_pipelined_chunked_and_closing_requests_in_or
     finally:
         server.close()
         await node.stop()
+
+
+async def test_peer_rpc_answers_every_call_reads_split_frames_and_hangs_up_on_strangers() -> None:
+    """Node-to-node RPC: pipelined replies all arrive, a frame cut into single bytes is still
+    read, and a connection from another cluster or speaking another frame version is closed."""
+    found = Found(to_wire(versions.EMPTY))
+    _encode = msgspec.msgpack.Encoder().encode
+    served: list[str] = []
+
+    def handler(frm: str, body: Request) -> Reply:
+        served.append(frm)
+        return found
+
+    address = f"127.0.0.1:{free_port()}"
+    server = Rpc("b", address, handler)
+    client = Rpc("a", f"127.0.0.1:{free_port()}", handler)
+    await server.start()
+    try:
+        replies = await asyncio.gather(
+            *(client.call("b", address, Fetch(f"k/{i}"), 5.0) for i in range(200))
+        )
+        assert replies == [found] * 200 and served == ["a"] * 200
+
+        host, port = split_address(address)
+        reader, writer = await asyncio.open_connection(host, port)
+        data = frame(_encode(Hello("kv", "c", "b"))) + frame(_encode(Envelope(7, Fetch("k/x"))))
+        for i in range(len(data)):
+            writer.write(data[i : i + 1])
+            await writer.drain()
+        reply = msgspec.msgpack.decode(await read_frame(reader), type=Envelope)
+        assert reply.id == 7 and reply.body == found
+        writer.close()
+
+        for opening in (
+            frame(_encode(Hello("another-cluster", "c", "b"))),
+            b"\x00\x00\x00\x02\x09\x90",  # frame version 9
+        ):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(opening + frame(_encode(Envelope(8, Fetch("k/y")))))
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, unanswered
+            writer.close()
+        assert served == ["a"] * 200 + ["c"]
+    finally:
+        await client.stop()
+        await server.stop()

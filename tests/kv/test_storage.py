@@ -95,6 +95,34 @@ async def test_concurrent_writers_share_one_commit_and_all_are_durable_after_it(
     again.close()
 
 
+async def test_under_load_writes_gather_into_fewer_commits_but_a_lone_write_waits_for_none(
+    tmp_path: Path,
+) -> None:
+    storage = KvStorage(tmp_path, "n1", gather=0.2)
+    loop = asyncio.get_running_loop()
+    storage.store("b/first", versions.write(EMPTY, (), "n1.1", b"v", 1.0))
+    started = loop.time()
+    in_flight = storage.durable()  # none in flight: starts at once
+    waiters = []
+    for i in range(10):  # arriving one by one while a commit is in flight
+        storage.store(f"b/k{i}", versions.write(EMPTY, (), "n1.1", b"v", 1.0))
+        waiters.append(storage.durable())
+        await asyncio.sleep(0)
+    await in_flight
+    assert loop.time() - started < 0.2  # the first commit did not wait
+    await asyncio.gather(*waiters)
+    assert loop.time() - started >= 0.2  # the backlog waited for the gather window
+    assert storage.commits == 2  # ... and went to disk together
+    storage.store("b/lone", versions.write(EMPTY, (), "n1.1", b"v", 1.0))
+    lone = loop.time()
+    await storage.sync()
+    assert loop.time() - lone < 0.2  # right after a gathered commit: nothing in flight
+    storage.close()
+    again = KvStorage(tmp_path, "n1")
+    assert len(list(again.keys())) == 12
+    again.close()
+
+
 def test_a_second_node_on_the_same_data_directory_refuses_to_start(tmp_path: Path) -> None:
     first = KvStorage(tmp_path, "n1")
     with pytest.raises(AlreadyRunning, match="in use by another process") as caught:

@@ -392,7 +392,9 @@ class KvNode:
     def _hint(self, key: str, obj: Versioned, owner: str) -> None:
         self.storage.store(key, obj, owner)
         self.counters.hints_written += 1
-        self._spawn(self.storage.sync())
+        # schedules the commit (a failed one re-queues the row); with a replica down every
+        # put keeps a hint, and a task per hint to wait for it was measurable
+        self.storage.durable()
 
     # ------------------------------------------------------------------ get
 

@@ -13,15 +13,19 @@ must know at once when a replica cannot answer so the coordinator can go elsewhe
 - **Fail fast.** A refused connect, a closed connection or a per-call timeout raises
   ``ReplicaUnavailable`` for every call waiting on it; after a failed connect the peer is
   skipped for a short backoff (20 ms doubling to 1 s) rather than retried per request.
-- **Serving.** Each inbound connection is read by one task; a handler answers synchronously
+- **Protocols, not streams.** Both ends are ``asyncio.Protocol``s that cut every frame out of
+  what one ``recv`` brought (``FrameReader``): a batch of frames costs one callback, where
+  streams cost two awaits per frame.
+- **Serving.** A handler answers synchronously
   (local reads), with a future (a write answered once durable: a callback, no task), or with
   another awaitable (a forwarded coordination), run as a task.
 - **Batched frames.** Frames for one connection queue in an ``Outbox`` and leave in one write
   at the end of the loop iteration: concurrent puts cost one ``send`` per peer, not one each,
   and a lone request waits for nothing (the flush is the next callback, not a timer).
 - **No task per call.** ``send`` returns the reply's future; ``call`` is ``await send(...)``.
-  A task is made only to connect. Deadlines are kept per connection under one timer (for the
-  earliest), which sweeps answered requests away and fails overdue ones.
+  A task is made only to connect (and per forwarded coordination). Deadlines are kept per
+  connection under one timer (for the earliest), which sweeps answered requests away and
+  fails overdue ones.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from functools import partial
 import msgspec
 
 from corral import clock
-from corral.consensus.transport import frame, read_frame, split_address
+from corral.consensus.transport import MAX_FRAME, VERSION, frame, split_address
 from corral.kv.wire import (
     AeObjects,
     Done,
@@ -59,15 +63,64 @@ Handler = Callable[[str, Request], Reply | Awaitable[Reply]]
 _encode = msgspec.msgpack.Encoder().encode
 _hello_decoder = msgspec.msgpack.Decoder(Hello)
 _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+_HEAD = 5  # u32 length (version byte included) + u8 version, as consensus.transport.frame
+
+
+class FrameReader(asyncio.Protocol):
+    """Cuts ``[u32 length][u8 version][body]`` frames out of the byte stream and hands each
+    body to ``on_frame``; a bad frame (another version, a length out of bounds, a body that
+    does not decode) closes the connection."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are only alike
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        start = 0
+        end = len(buffer)
+        try:
+            while end - start >= _HEAD:
+                length = int.from_bytes(buffer[start : start + 4], "big")
+                if buffer[start + 4] != VERSION:
+                    raise ValueError(
+                        f"frame version {buffer[start + 4]}, this node speaks {VERSION}"
+                    )
+                if not 1 <= length <= MAX_FRAME:
+                    raise ValueError(f"frame length {length} out of bounds")
+                stop = start + 4 + length
+                if stop > end:
+                    break
+                body = bytes(buffer[start + _HEAD : stop])
+                start = stop
+                self.on_frame(body)
+                if self.transport is None or self.transport.is_closing():
+                    return  # on_frame closed the connection
+        except (ValueError, msgspec.DecodeError) as exc:
+            self.bad_frame(exc)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        del buffer[:start]
+
+    def on_frame(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    def bad_frame(self, exc: Exception) -> None:
+        pass
 
 
 class Outbox:
     """Frames for one connection, written together once per loop iteration."""
 
-    __slots__ = ("frames", "loop", "scheduled", "writer")
+    __slots__ = ("frames", "loop", "scheduled", "transport")
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
         self.frames: list[bytes] = []
         self.scheduled = False
         self.loop = asyncio.get_running_loop()
@@ -81,12 +134,78 @@ class Outbox:
     def flush(self) -> None:
         self.scheduled = False
         frames, self.frames = self.frames, []
-        if not frames or self.writer.transport.is_closing():
+        if not frames or self.transport.is_closing():
             return
         try:
-            self.writer.write(b"".join(frames))
+            self.transport.write(b"".join(frames))
         except (OSError, RuntimeError):
-            self.writer.transport.abort()
+            self.transport.abort()
+
+
+class _Outbound(FrameReader):
+    """Our connection to a peer: its frames are replies to our requests."""
+
+    def __init__(self, conn: _Conn) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def on_frame(self, body: bytes) -> None:
+        self.conn.replied(_envelope_decoder.decode(body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            self.conn.drop(transport)
+
+
+class _Inbound(FrameReader):
+    """A peer's connection to us: a ``Hello`` within 5 s, then requests."""
+
+    def __init__(self, rpc: Rpc) -> None:
+        super().__init__()
+        self.rpc = rpc
+        self.frm: str | None = None
+        self.outbox: Outbox | None = None
+        self.hello_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        self.outbox = Outbox(self.transport)
+        self.rpc._inbound.add(self.transport)
+        self.hello_timer = asyncio.get_running_loop().call_later(5.0, self.transport.abort)
+
+    def on_frame(self, body: bytes) -> None:
+        if self.frm is not None:
+            assert self.outbox is not None
+            self.rpc._serve(self.frm, _envelope_decoder.decode(body), self.outbox)
+            return
+        hello = _hello_decoder.decode(body)
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+        rpc = self.rpc
+        if hello.cluster != rpc.cluster or hello.to != rpc.name:
+            log.warning(
+                "kv node %s refused a connection from %s of cluster %r (meant for %s)",
+                rpc.name,
+                hello.frm,
+                hello.cluster,
+                hello.to,
+            )
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.frm = hello.frm
+
+    def bad_frame(self, exc: Exception) -> None:
+        log.warning("kv node %s: bad frame from a peer, connection closed: %s", self.rpc.name, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+        if self.transport is not None:
+            self.rpc._inbound.discard(self.transport)
+        self.transport = None
 
 
 class _Conn:
@@ -94,9 +213,8 @@ class _Conn:
         self.rpc = rpc
         self.peer = peer
         self.address = address
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
         self.outbox: Outbox | None = None
-        self.reader_task: asyncio.Task[None] | None = None
         self.waiting: dict[int, asyncio.Future[Reply]] = {}
         # deadlines in the order requests were sent; one timer for the earliest, not one each
         self.deadlines: deque[tuple[float, int, float]] = deque()
@@ -135,9 +253,9 @@ class _Conn:
         if kept:
             self.timer = loop.call_at(min(d for d, _, _ in kept), self._expire)
 
-    async def ensure(self) -> asyncio.StreamWriter:
-        if self.writer is not None:
-            return self.writer
+    async def ensure(self) -> asyncio.Transport:
+        if self.transport is not None:
+            return self.transport
         if clock.monotonic() < self.retry_at:
             raise ReplicaUnavailable(f"kv node {self.peer} ({self.address}) was just unreachable")
         if self.connecting is None:
@@ -155,17 +273,19 @@ class _Conn:
             await asyncio.shield(self.connecting)
         return self._connected()
 
-    def _connected(self) -> asyncio.StreamWriter:
+    def _connected(self) -> asyncio.Transport:
         # the connection may have closed while this caller waited for it
-        if self.writer is None:
+        if self.transport is None:
             raise ReplicaUnavailable(f"kv node {self.peer} ({self.address}) closed the connection")
-        return self.writer
+        return self.transport
 
     async def _connect(self) -> None:
         host, port = split_address(self.address)
         try:
             async with asyncio.timeout(1.0):
-                reader, writer = await asyncio.open_connection(host, port)
+                transport, _ = await asyncio.get_running_loop().create_connection(
+                    partial(_Outbound, self), host, port
+                )
         except (OSError, TimeoutError) as exc:
             self.retry_at = clock.monotonic() + self.backoff
             self.backoff = min(self.backoff * 2, 1.0)
@@ -173,36 +293,30 @@ class _Conn:
                 f"kv node {self.peer} ({self.address}) is unreachable: {exc}"
             ) from None
         self.backoff = 0.02
-        writer.write(frame(_encode(Hello(self.rpc.cluster, self.rpc.name, self.peer))))
-        self.writer = writer
-        self.outbox = Outbox(writer)
-        self.reader_task = asyncio.get_running_loop().create_task(self._read(reader, writer))
+        if transport.is_closing():  # lost between connecting and here
+            raise ReplicaUnavailable(f"kv node {self.peer} ({self.address}) closed the connection")
+        transport.write(frame(_encode(Hello(self.rpc.cluster, self.rpc.name, self.peer))))
+        self.transport = transport
+        self.outbox = Outbox(transport)
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                env = _envelope_decoder.decode(await read_frame(reader))
-                fut = self.waiting.pop(env.id, None)
-                if fut is None or fut.done():
-                    continue
-                body = env.body
-                if isinstance(body, Failed):
-                    fut.set_exception(
-                        ReplicaUnavailable(f"kv node {self.peer} failed the request: {body.error}")
-                    )
-                else:
-                    fut.set_result(body)  # type: ignore[arg-type]  # replies only here
-        except (OSError, asyncio.IncompleteReadError, ValueError, msgspec.DecodeError):
-            pass
-        finally:
-            self.drop(writer)
-
-    def drop(self, writer: asyncio.StreamWriter | None = None) -> None:
-        if writer is not None and writer is not self.writer:
+    def replied(self, env: Envelope) -> None:
+        fut = self.waiting.pop(env.id, None)
+        if fut is None or fut.done():
             return
-        if self.writer is not None:
-            self.writer.transport.abort()
-        self.writer = None
+        body = env.body
+        if isinstance(body, Failed):
+            fut.set_exception(
+                ReplicaUnavailable(f"kv node {self.peer} failed the request: {body.error}")
+            )
+        else:
+            fut.set_result(body)  # type: ignore[arg-type]  # replies only here
+
+    def drop(self, transport: asyncio.Transport | None = None) -> None:
+        if transport is not None and transport is not self.transport:
+            return
+        if self.transport is not None:
+            self.transport.abort()
+        self.transport = None
         self.outbox = None
         if self.timer is not None:
             self.timer.cancel()
@@ -227,22 +341,21 @@ class Rpc:
         self._conns: dict[str, _Conn] = {}
         self._ids = 0
         self._server: asyncio.Server | None = None
-        self._inbound: set[asyncio.StreamWriter] = set()
+        self._inbound: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         host, port = split_address(self.address)
-        self._server = await asyncio.start_server(self._accept, host, port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(partial(_Inbound, self), host, port)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
         for conn in self._conns.values():
             conn.drop()
-            if conn.reader_task is not None:
-                conn.reader_task.cancel()
-        for writer in list(self._inbound):
-            writer.transport.abort()
+        for transport in list(self._inbound):
+            transport.abort()
         for task in list(self._tasks):
             task.cancel()
         if self._server is not None:
@@ -286,32 +399,6 @@ class Rpc:
             return
         if conn.outbox is not None and rid in conn.waiting:
             conn.outbox.put(_encode(Envelope(rid, body)))
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._inbound.add(writer)
-        outbox = Outbox(writer)
-        try:
-            async with asyncio.timeout(5.0):
-                hello = _hello_decoder.decode(await read_frame(reader))
-            if hello.cluster != self.cluster or hello.to != self.name:
-                log.warning(
-                    "kv node %s refused a connection from %s of cluster %r (meant for %s)",
-                    self.name,
-                    hello.frm,
-                    hello.cluster,
-                    hello.to,
-                )
-                return
-            while True:
-                env = _envelope_decoder.decode(await read_frame(reader))
-                self._serve(hello.frm, env, outbox)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        except (ValueError, msgspec.DecodeError) as exc:
-            log.warning("kv node %s: bad frame from a peer, connection closed: %s", self.name, exc)
-        finally:
-            self._inbound.discard(writer)
-            writer.transport.abort()
 
     def _serve(self, frm: str, env: Envelope, outbox: Outbox) -> None:
         body = env.body
