@@ -153,3 +153,50 @@ def test_storage_refuses_compaction_past_its_snapshot() -> None:
     with pytest.raises(RaftStorageError) as caught:
         storage.compact(2)
     assert "create_snapshot first" in caught.value.hint
+
+
+def test_a_leader_waiting_for_a_slow_disk_keeps_its_quorum_through_heartbeats() -> None:
+    h = elected()
+    leader = h.members[1].node
+    followers = [h.members[2].node, h.members[3].node]
+    # every disk hangs: each node holds its Ready of "x" un-advanced for three election timeouts
+    leader.propose(b"x")
+    for m in leader.ready().messages:
+        h.members[m.to].node.step(m)
+    for f in followers:
+        assert f.ready().entries
+    for _ in range(3 * h.config.election_ticks):
+        leader.tick()
+        for m in leader.take_urgent_messages():
+            follower = h.members[m.to].node
+            follower.step(m)
+            for answer in follower.take_urgent_messages():
+                leader.step(answer)
+        for f in followers:
+            f.tick()
+    assert leader.role == Role.LEADER
+    assert all(f.role == Role.FOLLOWER and f.lead == 1 for f in followers)
+
+
+def test_heartbeats_sent_before_the_disk_answers_never_reveal_an_unpersisted_commit() -> None:
+    h = elected()
+    leader = h.members[1].node
+    leader.propose(b"x")
+    rd = leader.ready()  # the leader's write of "x" is in flight
+    [app] = [m for m in rd.messages if m.type == MessageType.APP and m.to == 2]
+    follower = h.members[2].node
+    follower.step(app)
+    ack = follower.ready()
+    assert not follower.take_urgent_messages()  # an append ack waits for the follower's disk
+    leader.step(next(m for m in ack.messages if m.type == MessageType.APP_RESP))
+    entry = rd.entries[-1].index
+    assert leader.log.committed == entry  # a majority counting the leader's unsynced copy
+    for _ in range(h.config.heartbeat_ticks):
+        leader.tick()
+    beats = [m for m in leader.take_urgent_messages() if m.type == MessageType.HEARTBEAT]
+    assert beats and all(m.commit < entry for m in beats)
+    h.members[1].storage.append(rd.entries)
+    leader.advance(rd)  # durable now: the next Ready's messages may reveal it
+    for _ in range(h.config.heartbeat_ticks):
+        leader.tick()
+    assert any(m.commit == entry for m in leader.ready().messages if m.to == 2)

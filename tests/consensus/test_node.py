@@ -270,3 +270,27 @@ async def test_a_connection_from_another_cluster_is_refused(tmp_path: Path) -> N
     finally:
         await friend.stop()
         await ours.stop()
+
+
+async def test_a_disk_slower_than_the_election_timeout_does_not_depose_the_leader(
+    cluster: Cluster,
+) -> None:
+    leader = await cluster.leader()
+    await write_until_ok(leader, b"warm=1")
+    term = leader.status().term
+    # each fdatasync outlasts any election timeout, yet a write still fits in request_timeout
+    stall = 1.5 * FAST.election_timeout_seconds[1]
+    for node in cluster.nodes.values():
+        assert node.storage is not None
+        sync = node.storage.sync
+
+        def slow(durable: bool = True, sync: Callable[[bool], None] = sync) -> None:
+            if durable:
+                time.sleep(stall)  # runs in the driver's worker thread, like a real fsync
+            sync(durable)
+
+        node.storage.sync = slow  # type: ignore[method-assign]  # a disk that hangs
+    await leader.propose(b"slow=1")
+    await leader.propose(b"slow=2")
+    assert [n.id for n in cluster.nodes.values() if n.is_leader] == [leader.id]
+    assert all(n.status().term == term for n in cluster.nodes.values())

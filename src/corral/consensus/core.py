@@ -37,6 +37,13 @@ same ``Ready`` (a vote, an append ack), so the driver sends them only after pers
 of that, a leader may count its own unpersisted entries toward commitment: nothing that
 reveals the commit leaves the node before its entries are durable.
 
+Liveness while a disk stalls: heartbeats and their answers are check-quorum's and the election
+timer's only evidence, so they must not queue behind an fsync (a 0.6 s fdatasync on a loaded
+machine deposed healthy leaders). ``take_urgent_messages`` hands them out while a ``Ready`` is
+being persisted: a heartbeat answer promises nothing, and a heartbeat's commit is capped at the
+leader's durable log, which keeps the rule above (etcd-raft's async storage writes likewise
+send what does not depend on the pending write at once).
+
 Invariants checked by the simulator after every event: at most one leader per term; logs that
 share an (index, term) share the prefix; a leader holds every committed entry; every node
 applies the same sequence; term and vote never go back across restarts.
@@ -149,6 +156,7 @@ class RaftNode:
         self.prs: dict[int, Progress] = {}
         self._set_conf(conf)
         self.msgs: list[Message] = []
+        self._urgent = 0  # heartbeats and their answers in ``msgs``: ``take_urgent_messages``
         self.read_states: list[ReadState] = []
         self.readonly = ReadOnly()
         self.votes: dict[int, bool] = {}
@@ -331,10 +339,35 @@ class RaftNode:
             read_states=tuple(self.read_states),
         )
         self.msgs = []
+        self._urgent = 0
         self.read_states = []
         self._prev_hard, self._prev_soft = hard, soft
         self._outstanding = True
         return rd
+
+    def take_urgent_messages(self) -> list[Message]:
+        """Remove and return the messages that may leave before the outstanding ``Ready`` is
+        durable: heartbeats (their commit capped at the entries already persisted) and
+        heartbeat answers. The driver calls this while it waits for the disk; what stays
+        leaves with the next ``Ready`` as usual."""
+        if not self._urgent:
+            return []  # the common case, called for every inbound message: no scan
+        self._urgent = 0
+        urgent: list[Message] = []
+        rest: list[Message] = []
+        durable = self.log.offset - 1  # below ``offset`` every entry was advanced past: on disk
+        for m in self.msgs:
+            if m.type == T.HEARTBEAT_RESP:
+                urgent.append(m)
+            elif m.type == T.HEARTBEAT:
+                capped = min(m.commit, durable)
+                urgent.append(
+                    msgspec.structs.replace(m, commit=capped) if capped != m.commit else m
+                )
+            else:
+                rest.append(m)
+        self.msgs = rest
+        return urgent
 
     def advance(self, rd: Ready) -> None:
         self._outstanding = False
@@ -768,6 +801,8 @@ class RaftNode:
             changes["frm"] = self.id
         if m.term == 0 and m.type not in _TERMLESS:
             changes["term"] = self.term
+        if m.type in (T.HEARTBEAT, T.HEARTBEAT_RESP):
+            self._urgent += 1
         self.msgs.append(msgspec.structs.replace(m, **changes) if changes else m)
 
     def _append_entries(self, entries: list[Entry]) -> None:

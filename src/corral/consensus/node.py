@@ -14,6 +14,9 @@ Theory of operation. The loop is written once, here, and follows the contract of
      changed only its commit index is written without a sync: the commit index can be
      learned again, a term or vote cannot;
   3. **send** ``rd.messages`` — only now, since votes and append acks promise durability.
+     Heartbeats and their answers do not wait for the disk: while a write is in flight,
+     each tick and each inbound message sends them at once (``take_urgent_messages``), so a
+     slow fsync on a loaded machine is not mistaken for a dead leader or a lost quorum.
      A leader sends its replication messages (appends, heartbeats, snapshots) *before* step 2,
      so its disk write overlaps the followers' (Raft thesis §10.2.1; etcd does the same).
      That is safe because they promise nothing about the leader's disk, and nothing is
@@ -188,6 +191,7 @@ class Node:
         self._leader_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sync: asyncio.Future[None] | None = None
+        self._persisting = False  # the driver waits for the disk: heartbeats go out directly
         self._failed: BaseException | None = None
         self._running = False
         self.storage: DiskStorage | None = None
@@ -485,7 +489,13 @@ class Node:
             self.raft.step(m)
         except Exception:  # a bad peer message must not kill the node's loop
             log.exception("raft node %d: stepping a message failed", self.id)
+        self._send_urgent()
         self._kick()
+
+    def _send_urgent(self) -> None:
+        if self._persisting and self.raft is not None and self.transport is not None:
+            for m in self.raft.take_urgent_messages():
+                self.transport.send(m)
 
     def _unreachable(self, peer: int) -> None:
         if self.raft is not None and self._running:
@@ -500,6 +510,7 @@ class Node:
             next_at = max(next_at + interval, loop.time())
             assert self.raft is not None
             self.raft.tick()
+            self._send_urgent()
             self._kick()
 
     # ------------------------------------------------------------------ the loop
@@ -524,6 +535,13 @@ class Node:
                     fut.set_exception(StoreError(f"raft node {self.id} failed: {exc}", ""))
 
     async def _handle(self, raft: RaftNode, rd: Ready) -> None:
+        self._persisting = True
+        try:
+            await self._persist_send_apply(raft, rd)
+        finally:
+            self._persisting = False
+
+    async def _persist_send_apply(self, raft: RaftNode, rd: Ready) -> None:
         storage = self.storage
         assert storage is not None and self.transport is not None
         # 0. a leader's replication messages leave before its own write (see the docstring).

@@ -271,9 +271,9 @@ class DiskStorage(MemoryStorage):
         if durable:
             os.fdatasync(self._fd)
             self.syncs += 1
-        if self._segment_size >= self.segment_bytes:
-            if not durable:
-                os.fdatasync(self._fd)
+        # Only a durable sync rolls the segment: the driver runs those off the event loop,
+        # while a commit-only write happens on it and must not wait for the disk.
+        if durable and self._segment_size >= self.segment_bytes:
             self._open_segment(self._wal_dir / f"{self._segment_seq + 1:016x}.wal", create=True)
 
     def save(
