@@ -8,7 +8,9 @@ anyone who wants to test an app under Corral).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import socket
@@ -52,6 +54,29 @@ def wait_for(
                 f"timed out after {timeout:g}s waiting for {what or condition}; last: {last!r}"
             )
         time.sleep(interval)
+
+
+async def until(
+    condition: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
+) -> Any:
+    """``wait_for`` inside an event loop: poll ``condition`` (its result awaited when it is
+    awaitable) without blocking the loop; return the first truthy value, fail after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {what or condition}; last: {value!r}"
+            )
+        await asyncio.sleep(interval)
 
 
 def free_ports(count: int) -> list[int]:

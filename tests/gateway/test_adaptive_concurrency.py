@@ -13,22 +13,12 @@ import pytest
 
 from corral.errors import ManifestError
 from corral.gateway.config import validate_gateway_data
+from corral.testing import until
 from tests.gateway.conftest import Running, Upstreams
 
 pytestmark = pytest.mark.timeout(30)
 
 Factory = Callable[..., Awaitable[Running]]
-
-
-async def until(predicate: Callable[[], Any], seconds: float = 5.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def _route(upstream: str, adaptive: object) -> dict[str, Any]:

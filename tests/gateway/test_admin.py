@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from corral.control import gateway_config
 from corral.gateway.platform import PlatformGateway
 from corral.home import Home
 from corral.store.sqlite import SQLiteStore
+from corral.testing import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,16 +49,6 @@ class Ctx:
     async def events(self) -> list[str]:
         listing = await self.store.range(model.EVENTS)
         return [model.decode(kv.value, model.Event).reason for kv in listing.kvs]
-
-
-async def until(predicate: Callable[[], Awaitable[Any]], seconds: float = 5.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from corral.gateway.platform import PlatformGateway
 from corral.gateway.plugins import LogRecord, PluginRequest
 from corral.home import Home
 from corral.store.sqlite import SQLiteStore
+from corral.testing import until
 from tests.gateway.conftest import Running, Upstreams
 
 pytestmark = pytest.mark.timeout(30)
@@ -57,23 +58,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def headers_of(echo: dict[str, Any]) -> dict[str, str]:
     return {k.lower(): v for k, v in echo["headers"]}
-
-
-async def until(predicate: Callable[[], Any], seconds: float = 5.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-async def until_async(predicate: Callable[[], Awaitable[Any]], seconds: float = 5.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def route(name: str, prefix: str, upstream: str, *plugins: dict[str, Any]) -> dict[str, Any]:
@@ -292,7 +276,7 @@ async def test_plugins_reload_through_the_admin_api_without_a_restart(
     reply = await api.post("/api/v1/gateway/plugins/reload", headers=auth)
     assert reply.status == 200, await reply.text()
     assert (await reply.json())["version"] >= 2
-    await until_async(slow_ran)  # reloaded: it runs again, with a fresh budget
+    await until(slow_ran)  # reloaded: it runs again, with a fresh budget
     # A route PUT replaces the plugin list, live.
     route = {
         "name": "p",
@@ -311,4 +295,4 @@ async def test_plugins_reload_through_the_admin_api_without_a_restart(
             echo = await r.json()
         return any(k.lower() == "x-v2" for k, _ in echo["headers"])
 
-    await until_async(v2)
+    await until(v2)

@@ -13,12 +13,12 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from corral.testing import until
 from tests.gateway.conftest import Upstreams
 
 pytestmark = [
@@ -105,13 +105,6 @@ def served(
             proc.wait()
 
 
-async def until(condition: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        await asyncio.sleep(0.1)
-
-
 def replace_atomically(source: Path, target: Path) -> None:
     staged = target.with_suffix(".new")
     shutil.copy(source, staged)
@@ -124,7 +117,9 @@ async def test_a_replaced_certificate_is_served_to_new_connections_without_a_res
 ) -> None:
     proc, port, live_cert, live_key = served
     first, second = certs["first"][0], certs["second"][0]
-    await until(lambda: serves_with(port, first), 10, "HTTPS with the first certificate")
+    await until(
+        lambda: serves_with(port, first), timeout=10, what="HTTPS with the first certificate"
+    )
     assert not await serves_with(port, second)
 
     # A connection opened before the swap keeps working on its old session.
@@ -138,7 +133,9 @@ async def test_a_replaced_certificate_is_served_to_new_connections_without_a_res
         results = [await serves_with(port, second) for _ in range(6)]
         return all(results)
 
-    await until(both_workers_serve_second, 10, "every worker serving the second certificate")
+    await until(
+        both_workers_serve_second, timeout=10, what="every worker serving the second certificate"
+    )
     assert not await serves_with(port, first)
     writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     assert (await reader.read()).startswith(b"HTTP/1.1 200")

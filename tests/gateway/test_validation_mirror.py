@@ -3,7 +3,6 @@ upstream processes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -13,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from corral.testing import until
 from tests.gateway.conftest import Running, Upstreams
 
 pytestmark = pytest.mark.timeout(30)
@@ -44,16 +44,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def seen(session: aiohttp.ClientSession, address: str) -> list[list[str]]:
     async with session.get(f"http://{address}/__seen") as response:
         return list(await response.json())
-
-
-async def until(predicate: Callable[[], Awaitable[Any]], seconds: float = 5.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_invalid_requests_get_400_with_the_failing_path_and_never_reach_the_upstream(

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from corral.kv.testing import free_port
 from corral.membership import TEST, State
 from corral.membership.driver import SwimDriver
-
-
-async def _until(check: object, timeout: float) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if check():  # type: ignore[operator]  # a zero-argument predicate
-            return True
-        await asyncio.sleep(0.02)
-    return False
+from corral.testing import until
 
 
 async def test_members_joining_through_one_seed_see_each_other_and_a_silent_one_dies() -> None:
@@ -35,12 +25,12 @@ async def test_members_joining_through_one_seed_see_each_other_and_a_silent_one_
                 for d in among
             )
 
-        assert await _until(lambda: alive_everywhere(["m0", "m1", "m2"], drivers), 5.0)
+        await until(lambda: alive_everywhere(["m0", "m1", "m2"], drivers), timeout=5.0)
         assert drivers[0].swim.member("m2") is not None
         assert drivers[0].swim.member("m2").tag("http") == "h2"  # type: ignore[union-attr]
         await drivers[2].stop(leave=False)  # silent, like a crash
         gone = drivers[:2]
-        assert await _until(lambda: alive_everywhere(["m0", "m1"], gone), 8.0)
+        await until(lambda: alive_everywhere(["m0", "m1"], gone), timeout=8.0)
         for d in gone:
             seen = d.swim.member("m2")
             assert seen is not None and seen.state in (State.SUSPECT, State.DEAD)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 from corral.control.leader_watch import Controllers, LeaderWatch
 from corral.control.leadership import Leadership
 from corral.home import Home
 from corral.store.sqlite import SQLiteStore
+from corral.testing import until
 
 
 class StubbornControllers(Controllers):
@@ -28,13 +28,6 @@ class StubbornControllers(Controllers):
         raise RuntimeError("a controller failed to stop")
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + 5.0
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"not within 5 s: {what}"
-        await asyncio.sleep(0.01)
-
-
 async def test_controllers_start_again_on_the_next_leadership_after_a_failed_stop(
     tmp_path: Path,
 ) -> None:
@@ -44,11 +37,13 @@ async def test_controllers_start_again_on_the_next_leadership_after_a_failed_sto
     watch = LeaderWatch(lambda: leading, controllers, Leadership(settle=0.0), poll=0.01)
     watch.start()
     try:
-        await _until(lambda: controllers.starts == 1, "the first start")
+        await until(lambda: controllers.starts == 1, timeout=5.0, what="the first start")
         leading = False
-        await _until(lambda: controllers.closes >= 1, "the stop")
+        await until(lambda: controllers.closes >= 1, timeout=5.0, what="the stop")
         leading = True
-        await _until(lambda: controllers.starts == 2, "a start after the failed stop")
+        await until(
+            lambda: controllers.starts == 2, timeout=5.0, what="a start after the failed stop"
+        )
     finally:
         assert watch._task is not None
         watch._task.cancel()

@@ -1137,27 +1137,11 @@ class ClientConnection(asyncio.Protocol):
             chain = plugins.get(route.name)
             if chain is not None and self._plugins(chain, found, method, host, path, query):
                 return
-        # ``_admit``'s body, inlined: a plugin-free request pays no extra call here.
-        if route.extra and self._extras(found, method, host, path, query):
-            return
-        if route.guarded and gw.policies is not None:
-            view = RequestView(
-                method,
-                host,
-                path,
-                query,
-                self.peer.decode(),
-                self._header,
-                self._cookie,
-                found.params,
-            )
-            self._guarded(gw.policies.admit(route, view, self, gw.loop.time()))
-            return
-        self._begin_try()
+        self._admit(found, method, host, path, query)
 
     def _admit(self, found: RouteMatch, method: str, host: str, path: str, query: str) -> None:
-        """After an out-of-process plugin: the rarer features, the traffic policies, then the
-        first try (the tail of ``_start``; keep the two alike)."""
+        """The rarer features, the traffic policies, then the first try: the tail of
+        ``_start``, and where an out-of-process plugin's answer resumes a request."""
         route = found.route
         gw = self.gw
         if route.extra and self._extras(found, method, host, path, query):
