@@ -17,6 +17,8 @@ from typing import Any
 
 import aiohttp
 
+from corral.testing import Platform
+
 FLAGS = [
     "--headless",
     "--no-sandbox",  # the tests run as root
@@ -205,3 +207,10 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def base_url(platform: Platform) -> str:
+    """The platform API's address, where the dashboard is served."""
+    url = platform.home.api_url()
+    assert url
+    return url.rstrip("/")

@@ -14,14 +14,14 @@ import random
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from corral.testing import Platform, kill_leftovers, wait_for
-from tests.dashboard.browser import Browser, chromium
+from tests.dashboard.browser import Browser, base_url, chromium
 from tests.integration.apps import service_yaml, write_app
 
 CHROMIUM = chromium()
@@ -50,22 +50,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, P
     finally:
         platform.destroy()
         kill_leftovers(platform.home.path)
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
-    assert CHROMIUM is not None
-    b = await Browser.launch(CHROMIUM, tmp_path / "profile")
-    try:
-        yield b
-    finally:
-        await b.close()
-
-
-def base_url(platform: Platform) -> str:
-    url = platform.home.api_url()
-    assert url
-    return url.rstrip("/")
 
 
 async def sign_in(browser: Browser, platform: Platform, path: str = "/") -> None:

@@ -18,14 +18,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from corral.testing import Platform, kill_leftovers, wait_for
-from tests.dashboard.browser import Browser, chromium
+from tests.dashboard.browser import Browser, base_url, chromium
 
 CHROMIUM = chromium()
 pytestmark = pytest.mark.skipif(
@@ -112,22 +112,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         # app it started (a graceful `down` of the shop costs ~10 s of the suite).
         platform.kill9()
         kill_leftovers(platform.home.path)
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
-    assert CHROMIUM is not None
-    b = await Browser.launch(CHROMIUM, tmp_path / "profile")
-    try:
-        yield b
-    finally:
-        await b.close()
-
-
-def base_url(platform: Platform) -> str:
-    url = platform.home.api_url()
-    assert url
-    return url.rstrip("/")
 
 
 async def open_page(browser: Browser, shop: Shop, path: str) -> None:
