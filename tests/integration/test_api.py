@@ -27,9 +27,12 @@ MANIFEST = {
 
 
 class Ctx:
-    def __init__(self, client: TestClient[Any, Any], tokens: dict[str, str]) -> None:
+    def __init__(
+        self, client: TestClient[Any, Any], tokens: dict[str, str], store: SQLiteStore
+    ) -> None:
         self.client = client
         self.tokens = tokens
+        self.store = store
 
     def auth(self, role: str = "admin") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
@@ -45,7 +48,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Ctx]:
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:
-        yield Ctx(client, tokens)
+        yield Ctx(client, tokens, store)
     finally:
         await client.close()
         await store.close()
@@ -222,3 +225,36 @@ async def test_the_remote_store_never_hands_out_the_alerting_config(api: Ctx) ->
         "/api/v1/store/range", params={"prefix": "/corral/alerts/state"}, headers=api.auth("read")
     )
     assert ok.status == 200
+
+
+async def test_alert_rules_and_dashboard_settings_are_applied_with_the_services_in_one_revision(
+    api: Ctx,
+) -> None:
+    """A manifest is applied whole: no window where the services are new and the rest old."""
+    from corral.control.alerter import CONFIG_KEY
+    from corral.dashboard.public import KEY as DASHBOARD_KEY
+
+    manifest = {
+        **MANIFEST,
+        "alerts": {"rules": [{"name": "errors", "kind": "error_rate", "threshold": 0.05}]},
+        "dashboard": {"public": True},
+    }
+    await api.client.put("/api/v1/secrets/db-password", json={"value": "pw"}, headers=api.auth())
+    response = await api.client.post(
+        "/api/v1/apply", json={"manifest": manifest}, headers=api.auth()
+    )
+    assert response.status == 200, await response.text()
+    revision = (await response.json())["revision"]
+
+    async def mod_revision(key: str) -> int:
+        kv = await api.store.get(key)
+        assert kv is not None, key
+        return kv.mod_revision
+
+    assert await mod_revision("/corral/services/web") == revision
+    assert await mod_revision(DASHBOARD_KEY) == revision
+    assert await mod_revision(CONFIG_KEY) == revision
+    again = await api.client.post("/api/v1/apply", json={"manifest": manifest}, headers=api.auth())
+    assert again.status == 200
+    for key in ("/corral/services/web", DASHBOARD_KEY, CONFIG_KEY):  # unchanged: not rewritten
+        assert await mod_revision(key) == revision

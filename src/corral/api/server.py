@@ -311,21 +311,22 @@ class Api:
     async def apply(self, request: web.Request) -> web.StreamResponse:
         loaded, body = await self._loaded(request)
         await alerting.check_secrets(self.store, loaded.manifest)
+        settings = dashboard_public.from_manifest(loaded.manifest.dashboard)
+        also = await alerting.config_ops(self.store, loaded.manifest)
+        also += await dashboard_public.change_ops(self.store, settings)
         result = await applying.apply_manifest(
             self.store,
             loaded,
             str(body.get("message") or ""),
             str(body.get("user") or ""),
             home=self.home.path,
+            also=also,
         )
-        await alerting.save_config(self.store, loaded.manifest)
         await system.ensure_collector(
             self.store,
             self.home.path,
             system.retention_argument(loaded.manifest.metrics.retention),
         )
-        settings = dashboard_public.from_manifest(loaded.manifest.dashboard)
-        await self.store.txn([], [dashboard_public.write_op(settings)])
         return web.json_response(
             {
                 "changes": result.changes,

@@ -30,7 +30,7 @@ from corral.control.webhooks import Delivery, Hook, WebhookSender
 from corral.errors import UserError
 from corral.home import Home
 from corral.manifest.schema import Manifest
-from corral.store.base import Put, Store
+from corral.store.base import Op, Put, Store
 from corral.telemetry import alerts, signals
 
 log = logging.getLogger("corral.alerts")
@@ -127,12 +127,13 @@ async def check_secrets(store: Store, manifest: Manifest) -> None:
             )
 
 
-async def save_config(store: Store, manifest: Manifest) -> bool:
-    """Store the manifest's alert config; an event says so when it changed."""
+async def config_ops(store: Store, manifest: Manifest) -> list[Op]:
+    """The operations that store the manifest's alert config, with an event saying so; none
+    when it is unchanged. Apply runs them in its own transaction: all of a manifest or none."""
     value = config_value(manifest)
     kv = await store.get(CONFIG_KEY)
     if kv is not None and kv.value == value:
-        return False
+        return []
     rules = len(manifest.alerts.rules)
     hooks = len(manifest.webhooks)
     event = events.make(
@@ -142,10 +143,7 @@ async def save_config(store: Store, manifest: Manifest) -> bool:
         if manifest.alerts.defaults
         else f"alert rules: {rules} rule(s), {hooks} webhook(s)",
     )
-    await store.txn(
-        [], [Put(CONFIG_KEY, value), Put(events.event_key(event.at), model.encode(event))]
-    )
-    return True
+    return [Put(CONFIG_KEY, value), Put(events.event_key(event.at), model.encode(event))]
 
 
 class Alerter:

@@ -8,6 +8,7 @@ stops them in reverse dependency order and then forgets them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,10 @@ async def apply_manifest(
     message: str = "",
     user: str = "",
     home: Path | None = None,
+    also: Sequence[Op] = (),
 ) -> ApplyResult:
+    """``also``: other sections' writes (alert config, dashboard settings), committed in the
+    same transaction as the services, so a manifest is applied whole or not at all."""
     # The gateway section is checked whole before anything changes, like the services.
     gateway = None
     if loaded.manifest.gateway is not None:
@@ -52,7 +56,7 @@ async def apply_manifest(
             loaded.manifest.gateway, set(loaded.manifest.services), loaded.source
         )
     for _attempt in range(5):
-        result = await _apply_once(store, loaded, message, user, gateway, home or Path.cwd())
+        result = await _apply_once(store, loaded, message, user, gateway, home or Path.cwd(), also)
         if result is not None:
             return result
     raise Conflict(
@@ -68,6 +72,7 @@ async def _apply_once(
     user: str,
     gateway: GatewayConfig | None,
     home: Path,
+    also: Sequence[Op],
 ) -> ApplyResult | None:
     listing = await store.range(model.SERVICES)
     current = {
@@ -172,6 +177,7 @@ async def _apply_once(
     else:
         changed = gw_record is not None and gw_record.version != live_gw.version
         result.gateway = "updated" if changed else "unchanged"
+    ops += also
     if not ops:
         result.revision = listing.revision
         return result

@@ -72,6 +72,11 @@ def write_op(settings: Settings) -> Op:
     return Put(KEY, msgspec.json.encode(settings))
 
 
+async def change_ops(store: Store, settings: Settings) -> list[Op]:
+    """``write_op`` when ``settings`` differ from the stored ones, else nothing."""
+    return [] if await read(store) == settings else [write_op(settings)]
+
+
 def from_manifest(section: object) -> Settings:
     """The settings a validated manifest's `dashboard` section asks for (None: defaults)."""
     return Settings(public=bool(getattr(section, "public", False)))
