@@ -349,3 +349,39 @@ def test_corral_up_runs_an_app_with_the_control_plane_on_etcd(
         down = corral("down", "--timeout", "20")
         kill_leftovers(home)
     assert down.returncode == 0, down.stderr
+
+
+async def test_a_watch_on_an_endpoint_that_went_silent_moves_on_without_a_gap(
+    etcd: EtcdCluster,
+) -> None:
+    """An endpoint cut off without a reset (packets dropped) sends nothing and never errors:
+    the watch notices the silence, finds the endpoint unanswering, and resumes elsewhere."""
+    from aiohttp import web
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await asyncio.Event().wait()  # accepted, then nothing: what a cut-off peer looks like
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v3/watch", silent)
+    app.router.add_post("/v3/kv/range", silent)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)  # its handlers never end by themselves
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    cut_off = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    store = await EtcdStore.open(etcd.url())
+    try:
+        start = await put(store, "/quiet/a", b"1")
+        await put(store, "/quiet/b", b"2")
+        store.watch_idle = 0.3
+        store.endpoints.insert(0, cut_off)  # the watch starts on the silent endpoint
+        store._current = 0
+        events = store.watch("/quiet/", start)
+        seen = await asyncio.wait_for(take(events, 2), 20)
+        assert [e.kv.key for e in seen] == ["/quiet/a", "/quiet/b"]
+    finally:
+        await store.close()
+        await runner.cleanup()

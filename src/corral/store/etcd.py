@@ -77,6 +77,10 @@ from corral.store.sqlite import validate_txn
 
 SCHEME = "etcd://"
 DEFAULT_TIMEOUT = 5.0  # seconds a request keeps trying other endpoints before giving up
+# A watch silent this long asks its endpoint a cheap range: an endpoint cut off without a
+# reset would otherwise hold the watch forever (etcd's own progress notifications come every
+# 10 minutes by default). No answer: the watch resumes on the next endpoint, without a gap.
+WATCH_IDLE = 10.0
 _RESULTS = {"==": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
 _INT_TARGETS = {"create_revision": "CREATE", "mod_revision": "MOD", "version": "VERSION"}
 _RETRYABLE_CODES = {4, 14}  # gRPC DeadlineExceeded, Unavailable (no leader, leader changed)
@@ -153,6 +157,7 @@ class EtcdStore:
         self.namespace = namespace
         self._ns = namespace.encode()
         self._timeout = timeout
+        self.watch_idle = WATCH_IDLE
         self._clock = clock
         self._current = 0
         self._revision = 0
@@ -324,7 +329,16 @@ class EtcdStore:
                     buffer = b""
                     self._streams.add(response.content)
                     try:
-                        async for chunk in response.content.iter_any():
+                        while True:
+                            try:
+                                async with asyncio.timeout(self.watch_idle):
+                                    chunk = await response.content.readany()
+                            except TimeoutError:
+                                if await self._answers(endpoint):
+                                    continue  # only quiet
+                                raise _Retry(f"{endpoint} stopped answering") from None
+                            if not chunk:
+                                break
                             buffer += chunk
                             *lines, buffer = buffer.split(b"\n")
                             for line in lines:
@@ -348,6 +362,18 @@ class EtcdStore:
                 # etcd ended the stream (it is shutting down): resume on the next endpoint.
                 self._failover(endpoint)
                 await asyncio.sleep(self._backoff(0.0))
+
+    async def _answers(self, endpoint: str) -> bool:
+        try:
+            async with self._client().post(
+                f"{endpoint}/v3/kv/range",
+                json={"key": "AA=="},
+                timeout=aiohttp.ClientTimeout(total=min(2.0, self._timeout)),
+            ) as response:
+                await response.read()  # a whole answer, not only its headers
+                return response.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
 
     def _watch_message(self, line: bytes, next_revision: int) -> list[WatchEvent]:
         if not line.strip():
