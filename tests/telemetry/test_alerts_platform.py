@@ -101,13 +101,14 @@ async def test_failing_service_alerts_a_webhook_and_resolves_when_fixed(tmp_path
         assert "failed" in alert["summary"]
 
         view = await asyncio.to_thread(platform.client.request, "GET", "/alerts")
-        assert [a["id"] for a in view["firing"]] == [alert["id"]]
+        # (other rules, e.g. SLO burn on a loaded machine, may fire too: look at this alert)
+        assert alert["id"] in [a["id"] for a in view["firing"]]
         events = await asyncio.to_thread(platform.events, service="flaky")
         assert any(e["to"] == "firing" and e["subject"] == alert["id"] for e in events)
         shown = (await asyncio.to_thread(_cli, platform, alerts_command)).output
         assert "FIRING" in shown and alert["id"] in shown and "instance_phase=" in shown
         listed = await asyncio.to_thread(_cli, platform, alerts_command, "--json")
-        assert [a["id"] for a in json.loads(listed.output)["firing"]] == [alert["id"]]
+        assert alert["id"] in [a["id"] for a in json.loads(listed.output)["firing"]]
 
         flag.touch()  # the fix: the next restart stays up
         resolved = await _until(
@@ -119,7 +120,8 @@ async def test_failing_service_alerts_a_webhook_and_resolves_when_fixed(tmp_path
         events = await asyncio.to_thread(platform.events, service="flaky")
         assert any(e["to"] == "resolved" and e["subject"] == alert["id"] for e in events)
         view = await asyncio.to_thread(platform.client.request, "GET", "/alerts")
-        assert view["firing"] == [] and view["resolved"][0]["id"] == alert["id"]
+        assert alert["id"] not in [a["id"] for a in view["firing"]]
+        assert alert["id"] in [a["id"] for a in view["resolved"]]
 
         changes = await asyncio.to_thread(
             platform.client.request, "GET", "/changes", None, {"service": "flaky"}
