@@ -4,6 +4,7 @@ on loopback in this process (three nodes, three ports, three data dirs), through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from corral.consensus.config import DEFAULT, FAST
-from corral.errors import AlreadyRunning
+from corral.errors import AlreadyRunning, PlatformUnavailable
 from corral.store.base import Store, put
 from corral.store.raft import RaftStore, open_local_cluster, wait_for_leader
 from corral.testing import free_ports
@@ -31,7 +32,19 @@ class RaftClusterFactory:
     async def open(self) -> AsyncIterator[Store]:
         # DEFAULT timeouts: a loaded CI machine must not cause an election mid-test (the
         # first election is immediate either way: the helper campaigns at once).
-        async with open_local_cluster(self.base, self.ports, DEFAULT) as (leader, _stores):
+        async with contextlib.AsyncExitStack() as stack:
+            for attempt in range(3):
+                try:
+                    leader, _stores = await stack.enter_async_context(
+                        open_local_cluster(self.base, self.ports, DEFAULT)
+                    )
+                    break
+                except PlatformUnavailable as exc:
+                    # Ports are picked by bind-and-release: between a close and a reopen a
+                    # parallel test may take one. Addresses are not persisted, so new ones do.
+                    if "cannot listen" not in exc.message or attempt == 2:
+                        raise
+                    self.ports = free_ports(3)
             store: Store = leader  # the Protocol conformance check
             yield store
 
