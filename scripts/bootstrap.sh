@@ -26,6 +26,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ] || ! .venv/bin/python
   echo "$digest" > "$stamp"
 fi
 
+# The gateway request path compiled (mypyc + a C header scan; src/corral/compiled.py):
+# 132k -> 71k instructions per proxied request (callgrind). Rebuilt only when the sources change;
+# without a C compiler, or if the build fails, the same modules run interpreted.
+if ! .venv/bin/python -c "import mypyc" 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "mypy==2.4.1" || true
+fi
+.venv/bin/python scripts/build_compiled.py || true
+
 # Zero-touch tracing (issue 4): the OpenTelemetry packages that Python instances get on their
 # PYTHONPATH, in a directory of their own (never this venv's site-packages), behind the bootstrap
 # in src/corral/telemetry/otel_site/. Pinned; rebuilt only when the pins change. A failure

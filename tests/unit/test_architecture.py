@@ -108,10 +108,15 @@ FORBIDDEN_MODULES = {
 }
 
 
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
 def _source(module: str) -> tuple[Path, ast.Module]:
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin is not None, f"{module} is listed but missing"
     path = Path(spec.origin)
+    if path.suffix != ".py":  # a compiled build (corral/compiled.py): read the source it came from
+        path = SRC.joinpath(*module.split(".")).with_suffix(".py")
     return path, ast.parse(path.read_text(), filename=str(path))
 
 

@@ -12,3 +12,8 @@
 Pure cores (no I/O, time passed in): ``router``, ``lb``, ``outlier``, ``retry``, ``framing``,
 ``metrics``. Adapters: ``proxy``, ``healthcheck``, ``serve``.
 """
+
+from corral.compiled import use_compiled
+
+# The request path compiled with mypyc when a current build exists (corral/compiled.py).
+COMPILED = use_compiled(__name__, __path__)

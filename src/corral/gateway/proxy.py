@@ -81,6 +81,12 @@ from corral.gateway.retry import IDEMPOTENT, RETRYABLE_STATUS, RetryBudget
 from corral.gateway.router import Cluster, CompiledRoute, Mirror, RouteMatch, RouteTable
 from corral.gateway.spans import Recorder
 
+_compiled_scan: Callable[..., tuple[dict[bytes, bytes], bool, bytes | None]] | None
+try:  # built by scripts/build_compiled.py; the regex scan below does the same without it
+    from corral.gateway._headscan import scan as _compiled_scan
+except ImportError:
+    _compiled_scan = None
+
 __all__ = ["SWEEP_SECONDS", "ClientConnection", "Gateway", "Pool", "UpstreamConnection"]
 
 log = logging.getLogger("corral.gateway")
@@ -121,6 +127,33 @@ _REQUEST_SCAN = re.compile(
 _RESPONSE_SCAN = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|keep-alive)[ \t]*:[ \t]*([^\r\n]*)"
 )
+# The same scan compiled (``_headscan.c``): the names as a tuple, the sets as bit masks over it.
+_REQUEST_NAMES = (
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"traceparent",
+    b"x-request-id",
+    b"b3",
+    b"x-b3-traceid",
+)
+_RESPONSE_NAMES = (b"content-length", b"transfer-encoding", b"connection", b"keep-alive")
+_CASELESS = frozenset((b"host", b"traceparent", b"transfer-encoding", b"connection"))
+
+
+def _mask(names: tuple[bytes, ...], chosen: Iterable[bytes]) -> int:
+    return sum(1 << names.index(name) for name in chosen if name in names)
+
+
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\r\n]*)?\r\n")
 _HOP_BY_HOP = frozenset(
     (
@@ -143,6 +176,19 @@ _RESPONSE_HOP = frozenset((b"connection", b"keep-alive"))
 # thing on the client's hop, and not cutting it saves a second scan of every response head.
 _HOP_NONE, _HOP_KEEP_ALIVE, _HOP_CUT = 0, 1, 2
 _SINGLE = frozenset((b"host", b"content-length", b"transfer-encoding"))
+
+
+_REQUEST_MASKS = (
+    _mask(_REQUEST_NAMES, _CASELESS),
+    _mask(_REQUEST_NAMES, _SINGLE),
+    _mask(_REQUEST_NAMES, _HOP_BY_HOP),
+    _mask(_REQUEST_NAMES, _HOP_BY_HOP_UPGRADE),
+)
+_RESPONSE_MASKS = (
+    _mask(_RESPONSE_NAMES, _CASELESS),
+    _mask(_RESPONSE_NAMES, _SINGLE),
+    _mask(_RESPONSE_NAMES, _RESPONSE_HOP),
+)
 
 
 class _BadHead(Exception):
@@ -1022,18 +1068,27 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method().decode("latin-1")
         self.method = method
         self._head = head
-        self._lower = lower = head.lower()
+        self._lower = b""  # lower-cased on demand (``_lower_head``)
         self.started = gw.loop.time()
         self.responded = False
         self.request_done = False
         self.tried = []
         self.route = None
         cut = _HOP_BY_HOP_UPGRADE if self._upgrade else _HOP_BY_HOP
-        try:
-            values, cutting = _scan(_REQUEST_SCAN, lower, cut)
-        except _BadHead as error:
-            self._fail(400, f"more than one {error} header")
-            return
+        if _compiled_scan is not None:
+            caseless, single, hop, hop_upgrade = _REQUEST_MASKS
+            values, cutting, repeated = _compiled_scan(
+                head, _REQUEST_NAMES, caseless, single, hop_upgrade if self._upgrade else hop
+            )
+            if repeated is not None:
+                self._fail(400, f"more than one {repeated.decode()} header")
+                return
+        else:
+            try:
+                values, cutting = _scan(_REQUEST_SCAN, self._lower_head(), cut)
+            except _BadHead as error:
+                self._fail(400, f"more than one {error} header")
+                return
         te = values.get(b"transfer-encoding")
         cl = values.get(b"content-length")
         if te is not None:
@@ -1068,11 +1123,11 @@ class ClientConnection(asyncio.Protocol):
             return
         route = self.route = found.route
         # The head sent upstream: the client's lines minus hop-by-hop ones, plus ours.
-        spans = _line_spans(_REQUEST_SCAN, lower, cut) if cutting else []
+        spans = _line_spans(_REQUEST_SCAN, self._lower_head(), cut) if cutting else []
         if route.remove_headers or route.add_headers:
             names = {b"\r\n" + n.encode() + b":" for n in route.remove_headers}
             names.update(b"\r\n" + k.lower().encode() + b":" for k, _ in route.add_headers)
-            spans.extend(_spans(head, lower, sorted(names)))
+            spans.extend(_spans(head, self._lower_head(), sorted(names)))
         out = _without(head, spans) if spans else head
         if route.rewrite_prefix is None and route.rewrite_path is None:
             new_path = path
@@ -1092,8 +1147,8 @@ class ClientConnection(asyncio.Protocol):
         if gw.recorder is not None:
             self._trace_ids(values, trace_id, ids, host_b, path)
         request_id = values.get(b"x-request-id")
-        if request_id is not None:  # an id is opaque: keep the client's case
-            request_id = _value(head, lower, b"\r\nx-request-id:") or request_id
+        if request_id is not None and _compiled_scan is None:  # opaque: keep the client's case
+            request_id = _value(head, self._lower_head(), b"\r\nx-request-id:") or request_id
         xff = values.get(b"x-forwarded-for")
         extra = [
             out[:-2],
@@ -2170,11 +2225,17 @@ class UpstreamConnection(asyncio.Protocol):
             if status < 200:  # 1xx interim response: pass it on, the final one follows
                 out.write(head)
                 continue
-            try:
-                values, cutting = _scan(_RESPONSE_SCAN, head.lower(), _RESPONSE_HOP)
-            except _BadHead as error:
-                client.upstream_failed(self, f"sent more than one {error} header")
-                return
+            if _compiled_scan is not None:
+                values, cutting, repeated = _compiled_scan(head, _RESPONSE_NAMES, *_RESPONSE_MASKS)
+                if repeated is not None:
+                    client.upstream_failed(self, f"sent more than one {repeated.decode()} header")
+                    return
+            else:
+                try:
+                    values, cutting = _scan(_RESPONSE_SCAN, head.lower(), _RESPONSE_HOP)
+                except _BadHead as error:
+                    client.upstream_failed(self, f"sent more than one {error} header")
+                    return
             connection = values.get(b"connection")
             if not cutting:
                 self.hop = _HOP_NONE
