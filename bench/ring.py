@@ -9,16 +9,17 @@ dissemination within +2 rounds of push gossip with fanout 3 (≈ 5.2 rounds for 
 
 What bounds the kill figures: each member probes one other per period, so a dead member is
 probed about once per period in all, by members whose schedules are independent. The wait from
-a kill to the first probe of it then averages (n-1)/n of a period and exceeds 2 periods in 6–11 %
-of kills for N = 5–10, whatever order each member probes in (reshuffled each round as memberlist
-does, kept, or random targets: a Monte Carlo of the three agrees within 0.1 s). Add ≈ 0.9–1 s for
-the probe to fail, the minimum suspicion (memberlist's suspicion_mult 4 × max(1, log10 n) = 4 s)
-and ≈ 0.1–0.4 s to gossip the verdict: first suspicion ≈ 1.6 s (N=3) to ≈ 1.9 s (N=10) and
-dead everywhere ≈ 5.7–6.1 s mean, with 6–14 % of kills over 7 s for N ≥ 5. SWIM's e/(e−1) ≈ 1.58
-periods counts from the start of the period of the failure to the end of the period that detects
-it, not from a random instant; from a random instant the same model gives ≈ 1.9–2 s.
+a kill to the first probe of it averages (n-1)/n of a period but exceeds 2 periods in 6–11 % of
+kills for N = 5–10, whatever order each member probes in; with ≈ 0.9 s for the probe to fail and
+memberlist's 4 s minimum suspicion (suspicion_mult 4 × max(1, log10 n)), 6–14 % of kills were
+over 7 s. The dead member's *own* round-robin pings, though, reached one member per period: the
+overdue check (``membership.swim``) has that member probe it once its ping is a quarter period
+late, so the first suspicion comes within ≈ 1 + 0.25 + 0.9 periods of any kill and "dead
+everywhere" within that plus 4 s plus gossip. Two dissemination fixes keep the rest at 4 s:
+independent confirmations no longer replace each other in the broadcast queue, and a member
+still short of them re-probes the suspect, its relays' nacks carrying their own verdicts.
 
-    .venv/bin/python bench/ring.py [--quick]
+    .venv/bin/python bench/ring.py [--quick] [--swim]    # --swim: only the SWIM figures
 """
 
 from __future__ import annotations
@@ -95,25 +96,27 @@ def merkle(count: int) -> None:
 
 
 def swim_kills(kills: int, seeds: int) -> None:
-    """Kills over several seeds: one seed's 20–30 kills swing the mean by ±0.15 s, because a
-    kill always lands on the simulator's 0.5 s polling grid, i.e. at one of two phases of each
-    surviving member's fixed probe schedule."""
+    """Kills over several seeds: one seed's kills sample only a few phases of the survivors'
+    fixed probe schedules, so its mean swings by ±0.15 s. Packets count everything sent over
+    the run (kills, restarts and the quiet 30 s after each), the cost side of the figures."""
     for nodes in (3, 5, 8, 10):
         suspicion: list[float] = []
         dead: list[float] = []
-        false_dead = 0
+        false_dead = packets = 0
         for seed in range(seeds):
             figures = measure_kills(seed=nodes * 1000 + seed, nodes=nodes, kills=kills)
             suspicion += figures.first_suspicion
             dead += figures.dead_everywhere
             false_dead += figures.false_dead
+            packets += figures.packets
         dead.sort()
         p90 = dead[int(0.9 * (len(dead) - 1))]
         late = sum(d > 7.0 for d in dead) / len(dead)
         print(
-            f"  N={nodes:2d}: first suspicion {statistics.mean(suspicion):.2f} s mean; dead "
-            f"everywhere {statistics.mean(dead):.2f} s mean, {p90:.2f} s p90, {dead[-1]:.2f} s "
-            f"max, {late:.0%} over 7 s, of {len(dead)} kills; {false_dead} false deads"
+            f"  N={nodes:2d}: first suspicion {statistics.mean(suspicion):.2f} s mean, "
+            f"{max(suspicion):.2f} s max; dead everywhere {statistics.mean(dead):.2f} s mean, "
+            f"{p90:.2f} s p90, {dead[-1]:.2f} s max, {late:.0%} over 7 s, of {len(dead)} kills; "
+            f"{false_dead} false deads; {packets / len(dead):.0f} packets per kill"
         )
 
 
@@ -167,14 +170,18 @@ def reached(world: SwimWorld, subject: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--swim", action="store_true", help="only the SWIM figures")
     args = parser.parse_args()
-    balance()
-    print("ring lookups, 10 nodes × 256 vnodes, one core:")
-    lookups(50_000 if args.quick else 300_000)
-    print("merkle anti-entropy:")
-    merkle(20_000 if args.quick else 100_000)
+    if not args.swim:
+        balance()
+        print("ring lookups, 10 nodes × 256 vnodes, one core:")
+        lookups(50_000 if args.quick else 300_000)
+        print("merkle anti-entropy:")
+        merkle(20_000 if args.quick else 100_000)
     print("SWIM, LAN preset (1 s period), simulated, kills one at a time:")
+    start = time.process_time()
     swim_kills(6 if args.quick else 40, 1 if args.quick else 4)
+    print(f"  (simulator CPU for the kills: {time.process_time() - start:.1f} s)")
     lossy(1 if args.quick else 3)
     print("SWIM dissemination, fanout 3 every 200 ms (push gossip reference ≈ 5.2 / 8.2):")
     for nodes, reference in ((64, 5.2), (1024, 8.2)):

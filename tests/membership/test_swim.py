@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import statistics
 
 import pytest
 from hypothesis import given, settings
@@ -32,6 +33,7 @@ from corral.membership import (
     retransmit_limit,
     suspicion_timeout,
 )
+from corral.sim.kv import measure_kills
 
 
 class Cluster:
@@ -316,13 +318,206 @@ def test_a_member_that_joins_is_probed_within_the_current_round() -> None:
     assert "f" in targets[:4] and sorted(targets[:5]) == sorted(set(targets[:5]))
 
 
-def test_a_member_told_of_a_suspicion_probes_the_suspect_next_then_resumes_its_order() -> None:
+def next_round_robin_ping(s: Swim) -> tuple[Ping, float]:
+    """Like ``next_ping``, with every member answering every ping (out-of-turn ones too)."""
+    for _ in range(1000):
+        now = s.deadline()
+        s.tick(now)
+        pings = [o.message for o in s.take_outbox() if isinstance(o.message, Ping)]
+        for p in pings:
+            s.receive(Ack(p.seq, p.target), now)
+        in_turn = [p for p in pings if p.period > 0]
+        if in_turn:
+            return in_turn[0], now
+    raise AssertionError("no round-robin ping within 1000 timers")
+
+
+def test_a_member_told_of_a_suspicion_probes_the_suspect_at_once_without_moving_its_order() -> None:
     s = lone_member()
-    before = [next_ping(s)[0].target for _ in range(4)]
-    s.receive(Gossip("c", (Suspect("e", 0, "c"),)), s.deadline())
-    ping, _ = next_ping(s)
-    assert ping.target == "e" and Suspect("e", 0, "a") in ping.updates
-    assert [next_ping(s)[0].target for _ in range(4)] == before
+    before = [next_round_robin_ping(s) for _ in range(4)]
+    told = before[-1][1] + 0.3
+    s.receive(Gossip("c", (Suspect("e", 0, "c"),)), told)
+    pings = [o.message for o in s.take_outbox() if isinstance(o.message, Ping)]
+    assert [p.target for p in pings] == ["e"] and Suspect("e", 0, "a") in pings[0].updates
+    assert pings[0].period == 0.0  # out of turn: not a round-robin ping
+    s.receive(Ack(pings[0].seq, "e"), told)
+    after = [next_round_robin_ping(s) for _ in range(4)]
+    assert [p.target for p, _ in after] == [p.target for p, _ in before]
+    gaps = [at - was for (_, at), (_, was) in zip(after, before, strict=True)]
+    assert gaps == pytest.approx([4 * LAN.probe_interval] * 4)
+
+
+def test_round_robin_pings_carry_the_period_and_stay_on_their_grid_when_timers_fire_late() -> None:
+    s = lone_member()
+    first, start = next_ping(s)
+    assert first.period == LAN.probe_interval
+    late = 0.03
+    times: list[float] = []
+    while len(times) < 8:
+        now = s.deadline() + late  # every timer fires a little late, as asyncio's do
+        s.tick(now)
+        for o in s.take_outbox():
+            if isinstance(o.message, Ping):
+                assert o.message.period == LAN.probe_interval
+                s.receive(Ack(o.message.seq, o.message.target), now)
+                times.append(now)
+    # Ping k is due at start + k periods: lateness does not add up over a round.
+    for k, at in enumerate(times, start=1):
+        assert 0 <= at - (start + k * LAN.probe_interval) <= late + 1e-9
+
+
+def overdue_ping(s: Swim, sender: str, at: float) -> float:
+    """``sender``'s round-robin ping reaches ``s`` at ``at``; returns when ``s`` probes the
+    sender out of turn (no further ping from it arrives)."""
+    s.receive(Ping(99, s.name, sender, sender, (), LAN.probe_interval), at)
+    s.take_outbox()
+    for _ in range(100):
+        now = s.deadline()
+        s.tick(now)
+        for o in s.take_outbox():
+            m = o.message
+            if isinstance(m, Ping) and m.target == sender and m.period == 0.0:
+                return now
+            if isinstance(m, Ping):
+                s.receive(Ack(m.seq, m.target), now)
+    raise AssertionError(f"{sender} was never probed out of turn")
+
+
+def test_a_member_whose_round_robin_ping_is_overdue_is_probed_out_of_turn() -> None:
+    s = lone_member()  # five members: b pings a once every 4 periods
+    at = overdue_ping(s, "b", 10.0)
+    assert at == pytest.approx(10.0 + (4 + LAN.overdue_grace) * LAN.probe_interval)
+    assert s.stats["overdue_checks"] == 1
+
+
+def test_a_member_that_pings_on_time_is_never_probed_out_of_turn() -> None:
+    c = Cluster(NAMES)
+    c.run(10.0)  # joins lengthen rounds once (a false alarm costs one probe): let them settle
+    before = {n: dict(m.stats) for n, m in c.members.items()}
+    c.run(40.0)
+    for n, m in c.members.items():
+        assert m.stats["overdue_checks"] == before[n]["overdue_checks"]
+        assert m.stats["probes"] - before[n]["probes"] <= 41  # one a period, nothing extra
+
+
+def test_a_member_with_degraded_health_does_not_check_overdue_pings() -> None:
+    s = lone_member()
+    s.health_score = 2  # its own packets are going missing: a late ping is likely its fault
+    s.receive(Ping(99, "a", "b", "b", (), LAN.probe_interval), 10.0)
+    for _ in range(40):
+        now = s.deadline()
+        s.tick(now)
+        s.take_outbox()
+        s.health_score = 2
+    assert s.stats["overdue_checks"] == 0
+
+
+def test_the_overdue_check_can_be_turned_off() -> None:
+    s = Swim("a", "a", LAN.with_(overdue_grace=0.0), random.Random(7), 0.0)
+    s.add_known([Alive(n, 0, n) for n in "bcde"], 0.0)
+    s.receive(Ping(99, "a", "b", "b", (), LAN.probe_interval), 10.0)
+    for _ in range(40):
+        now = s.deadline()
+        s.tick(now)
+        for o in s.take_outbox():
+            if isinstance(o.message, Ping):
+                s.receive(Ack(o.message.seq, o.message.target), now)
+    assert s.stats["overdue_checks"] == 0
+
+
+def test_independent_confirmations_queued_together_are_all_sent() -> None:
+    s = lone_member()
+    s.receive(Gossip("b", (Suspect("e", 0, "b"),)), 1.0)
+    s.receive(Gossip("c", (Suspect("e", 0, "c"),)), 1.0)
+    s.receive(Gossip("d", (Suspect("e", 0, "d"),)), 1.0)
+    s.take_outbox()
+    s.tick(s.deadline())
+    sent = {
+        u.source
+        for o in s.take_outbox()
+        if isinstance(o.message, (Gossip, Ping))
+        for u in o.message.updates
+        if isinstance(u, Suspect) and u.name == "e"
+    }
+    assert sent >= {"b", "c"}  # the first accusation and each confirmation travel
+    s.receive(Gossip("b", (Alive("e", 1, "e"),)), 2.0)
+    s.take_outbox()
+    s.tick(s.deadline())
+    about_e = {
+        u
+        for o in s.take_outbox()
+        if isinstance(o.message, (Gossip, Ping))
+        for u in o.message.updates
+        if u.name == "e"
+    }
+    assert about_e == {Alive("e", 1, "e")}  # a refutation replaces them all
+
+
+def test_a_member_that_already_refuted_answers_a_stale_accusation_with_its_refutation() -> None:
+    accused = Swim("e", "e", LAN, random.Random(3), 0.0)
+    accused.add_known([Alive(n, 0, n) for n in "abcd"], 0.0)
+    accused.receive(Gossip("b", (Suspect("e", 0, "b"),)), 1.0)  # refutes: incarnation 1
+    assert accused.incarnation == 1
+    for _ in range(40):  # its refutation's retransmits run out
+        accused.tick(accused.deadline())
+        for o in accused.take_outbox():
+            if isinstance(o.message, Ping):
+                accused.receive(Ack(o.message.seq, o.message.target), accused.deadline())
+    assert accused.pending_broadcasts() == 0
+    accused.receive(Ping(5, "e", "a", "a", (Suspect("e", 0, "a"),)), 30.0)
+    acks = [o.message for o in accused.take_outbox() if isinstance(o.message, Ack)]
+    assert acks and Alive("e", 1, "e") in acks[0].updates
+
+
+def test_a_relays_nack_carries_its_own_verdict_on_the_target() -> None:
+    relay = lone_member()
+    relay.receive(Gossip("b", (Suspect("e", 0, "b"),)), 1.0)
+    relay.take_outbox()
+    relay.tick(1.0 + LAN.probe_timeout)  # its own probe of e fails too: every relay nacks
+    for o in relay.take_outbox():
+        if isinstance(o.message, IndirectPing):
+            relay.receive(Nack(o.message.seq, o.to), 1.0 + LAN.probe_timeout + 0.4)
+    relay.take_outbox()
+    relay.receive(IndirectPing(7, "e", "e", "c", "c"), 2.0)
+    relay.take_outbox()
+    relay.tick(2.0 + LAN.probe_timeout)
+    nacks = [o.message for o in relay.take_outbox() if isinstance(o.message, Nack)]
+    assert nacks and nacks[0].updates == (Suspect("e", 0, "a"),)
+    asker = lone_member("bde")  # never heard of the suspicion
+    asker.receive(Nack(1, "a", nacks[0].updates), 2.5)
+    assert asker.member("e").state == State.SUSPECT  # type: ignore[union-attr]
+
+
+def test_a_suspicion_short_of_confirmations_reprobes_the_suspect_each_period() -> None:
+    s = lone_member()
+    s.receive(Gossip("b", (Suspect("e", 0, "b"),)), 0.5)
+    probes_of_e = [0.5] if any(o.to == "e" for o in s.take_outbox()) else []
+    while s.deadline() <= 5.0:
+        now = s.deadline()
+        s.tick(now)
+        for o in s.take_outbox():
+            m = o.message
+            if isinstance(m, Ping) and m.target == "e" and m.period == 0.0:
+                probes_of_e.append(now)
+            elif isinstance(m, Ping) and m.target != "e":
+                s.receive(Ack(m.seq, m.target), now)
+            elif isinstance(m, IndirectPing):  # relays are up, e is not: they nack
+                s.receive(Nack(m.seq, o.to), now)
+    # b's accusation plus a's own failures leave it one confirmation short of k = 2: a keeps
+    # asking, a probe a period (each one's relays would bring their own verdicts).
+    assert len(probes_of_e) >= 4 and s.health_score == 0
+    assert s.member("e").state == State.SUSPECT  # type: ignore[union-attr]
+
+
+def test_every_kill_is_dead_everywhere_within_seven_seconds_at_a_one_second_period() -> None:
+    # Issue 9's figure on the simulator: the overdue check bounds the first suspicion by about
+    # two periods, then memberlist's 4 s minimum suspicion (LAN preset, unchanged).
+    for nodes in (5, 10):
+        figures = measure_kills(seed=nodes, nodes=nodes, kills=10)
+        assert figures.false_dead == 0 and len(figures.dead_everywhere) == 10
+        assert max(figures.first_suspicion) <= 2.5
+        assert 1.0 <= statistics.mean(figures.first_suspicion) <= 1.8
+        assert max(figures.dead_everywhere) <= 7.0
 
 
 def test_a_probe_whose_relays_all_nack_suspects_before_the_period_ends() -> None:

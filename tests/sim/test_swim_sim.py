@@ -35,7 +35,7 @@ def test_a_kill_is_suspected_in_about_two_periods_and_dead_everywhere_in_seconds
     assert 1.0 <= statistics.mean(figures.first_suspicion) <= 2.5  # 1 s protocol period
     assert len(figures.dead_everywhere) == 10
     assert statistics.mean(figures.dead_everywhere) <= 7.0
-    assert max(figures.dead_everywhere) <= 10.0
+    assert max(figures.dead_everywhere) <= 7.0
 
 
 def test_no_false_dead_with_ten_percent_loss_on_one_member_for_five_minutes() -> None:

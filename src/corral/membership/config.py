@@ -12,7 +12,10 @@ Updates are piggybacked on every probe and sent to ``gossip_nodes`` members each
 ``gossip_interval``, each retransmitted ``retransmit_mult · ceil(log10(n + 1))`` times. Every
 ``push_pull_interval`` a member swaps its whole view with one other (0 turns it off), and every
 ``reconnect_interval`` it tries one member it believes dead (Serf's reconnect), which is how two
-halves of a healed partition find each other again.
+halves of a healed partition find each other again. ``overdue_grace`` (a share of the period; 0
+turns the check off) is how late a member's round-robin ping to us may be before we probe it out
+of turn (see ``swim``: an addition to memberlist that bounds the wait for a dead member's first
+probe).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Config:
     awareness_max_multiplier: int = 8
     max_piggyback: int = 16  # updates per packet: what fits a 1400-byte UDP datagram
     nack_fraction: float = 0.8  # a relay nacks after this share of the probe timeout
+    overdue_grace: float = 0.25  # share of a period a round-robin ping may be late; 0: off
 
     def validate(self) -> Config:
         problems: list[str] = []
@@ -71,6 +75,10 @@ class Config:
             problems.append(f"push_pull_interval must be >= 0, got {self.push_pull_interval}")
         if self.gossip_to_the_dead < 0:
             problems.append(f"gossip_to_the_dead must be >= 0, got {self.gossip_to_the_dead}")
+        if self.overdue_grace < 0:
+            problems.append(
+                f"overdue_grace must be >= 0 (0 turns it off), got {self.overdue_grace}"
+            )
         if not 0 < self.nack_fraction < 1:
             problems.append(f"nack_fraction must be in (0, 1), got {self.nack_fraction}")
         if problems:

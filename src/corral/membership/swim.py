@@ -3,8 +3,9 @@
 Theory of operation (SWIM, Das et al. 2002; Lifeguard, Dadgar et al. 2018; the shape of
 hashicorp/memberlist's ``state.go``, ``suspicion.go``, ``awareness.go``, ``broadcast.go``):
 
-- **Protocol period.** Every ``probe_interval`` (stretched by local health) a member pings the
-  next member of a round-robin list shuffled once (SWIM §4.3: joiners are inserted at random
+- **Protocol period.** Every ``probe_interval`` (stretched by local health; on a fixed grid, like
+  memberlist's ticker, so late timers do not add up) a member pings the next member of a
+  round-robin list shuffled once (SWIM §4.3: joiners are inserted at random
   positions). The order is kept across traversals, unlike SWIM and memberlist, which reshuffle
   after each one: every member is then probed by each other exactly once per n-1 periods, so
   the worst-case wait for a given prober is n-1 periods instead of 2(n-1). (The mean wait for
@@ -14,12 +15,29 @@ hashicorp/memberlist's ``state.go``, ``suspicion.go``, ``awareness.go``, ``broad
   it; each relay answers with the target's ack or, at ``nack_fraction`` of the timeout, a
   *nack* ("I got your request but no answer"). No ack by the end of the period, or nacks
   from every relay before it (the period's rest could only bring a direct ack later than the
-  whole timeout): the target becomes *suspect*.
-- **Suspects first.** A member that hears another accuse M probes M at its next period, out of
-  turn, then resumes its order. Its probe either confirms (the independent confirmations that
-  bring Lifeguard's timeout down to the minimum arrive within about two periods instead of
-  whenever M's turn comes) or carries the suspicion to M so it refutes at once (the buddy
-  system below). Cost: one extra probe per member per suspicion.
+  whole timeout): the target becomes *suspect*. A relay's nack carries its own verdict on the
+  target (dead, or suspected by its own failed probe): a member that missed those in gossip
+  gets them from the relays of its next probe instead of waiting out Lifeguard's long timeout.
+- **Out of turn.** Besides its round-robin probe, a member runs at most one *out-of-turn*
+  probe at a time, started at once, in a slot of its own so that its round-robin schedule never
+  moves (which the overdue check below relies on). Two things queue one:
+  - *Suspects.* A member that hears another accuse M probes M. Its probe either confirms (the
+    independent confirmations that bring Lifeguard's timeout down to the minimum arrive within
+    about a period instead of whenever M's turn comes) or carries the suspicion to M so it
+    refutes at once (the buddy system below). While its suspicion of M is still short of
+    ``k`` confirmations, it probes M again each period. Cost: one extra probe per member per
+    suspicion, more only for a member that missed the others' confirmations in gossip.
+  - *Overdue pings* (an addition to SWIM and memberlist). Every round-robin ping carries its
+    sender's period, so the member it reaches knows the sender's next ping is due one round
+    later (one period per live member but the sender). When it is more than ``overdue_grace``
+    of a period late, the member probes the sender. Why: the first probe *of* a dead member
+    comes from whichever of n-1 independent schedules is soonest, and that wait has a tail
+    (over 2 periods in 6–11 % of kills for N = 5–10), but the dead member's own pings went to
+    one member per period, so someone misses one within a period of the death. That bounds
+    first suspicion by ≈ 1 + grace + 0.9 periods, and "dead everywhere" by that plus the
+    minimum suspicion. A member whose own health is degraded does not check (its missing
+    packets are likely its own fault, Lifeguard §4.1). Cost: one probe per lost round-robin
+    ping, and per round that a member's view of the live count differs from the sender's.
 - **Incarnations.** Every update about member M carries M's incarnation. ``alive`` overrides
   only with a strictly higher incarnation; ``suspect`` applies to the same or higher; ``dead``
   ends it. A member that hears it is suspect (or dead) *refutes*: it bumps its incarnation above
@@ -33,11 +51,15 @@ hashicorp/memberlist's ``state.go``, ``suspicion.go``, ``awareness.go``, ``broad
   when we must refute a suspicion of ourselves, and falls with each successful probe. Probe
   interval and timeout are multiplied by ``score + 1``: a slow member accuses others more slowly.
   A probe of a suspect member carries the suspicion (the Lifeguard "buddy system"), so the
-  accused learns at once and can refute.
+  accused learns at once and can refute; an accused that already refuted that incarnation puts
+  its refutation in the ack, since its gossip of it may have run out before reaching the prober.
 - **Dissemination.** Updates wait in a queue that sends the least-transmitted first, replaces
-  older updates about the same member, and drops each after ``retransmit_mult·ceil(log10(n+1))``
-  sends. They ride on every ping and ack and on gossip packets to ``gossip_nodes`` members every
-  ``gossip_interval`` (members dead for less than ``gossip_to_the_dead`` included).
+  older updates about the same member (but keeps independent suspicions of it side by side,
+  where memberlist keeps one: a member relaying another's confirmation in place of its own
+  lost confirmations when several probes failed together), and drops each after
+  ``retransmit_mult·ceil(log10(n+1))`` sends. They ride on every ping and ack and on gossip
+  packets to ``gossip_nodes`` members every ``gossip_interval`` (members dead for less than
+  ``gossip_to_the_dead`` included).
 - **Push-pull.** Every ``push_pull_interval`` (scaled up past 32 members, as memberlist does) a
   member swaps its whole view with a random alive member; a remote ``dead`` is merged as a
   ``suspect`` so one member's stale view cannot kill others outright. Every
@@ -109,6 +131,7 @@ class Ping(msgspec.Struct, frozen=True, tag=True):
     source: str
     source_address: str
     updates: tuple[Update, ...] = ()
+    period: float = 0.0  # the sender's period if this is its round-robin ping; 0: out of turn
 
 
 class IndirectPing(msgspec.Struct, frozen=True, tag=True):
@@ -129,6 +152,8 @@ class Ack(msgspec.Struct, frozen=True, tag=True):
 class Nack(msgspec.Struct, frozen=True, tag=True):
     seq: int
     source: str
+    # The relay's own verdict on the target, if it has one (module docstring, "Protocol period").
+    updates: tuple[Update, ...] = ()
 
 
 class Gossip(msgspec.Struct, frozen=True, tag=True):
@@ -247,6 +272,7 @@ class _Relay:
     nack_at: float
     expires: float
     nack: bool
+    target: str = ""
     answered: bool = False
 
 
@@ -303,11 +329,15 @@ class Swim:
         self._me = _Node(name, address, role, _tags(tags), 0, State.ALIVE, now)
         self._members: dict[str, _Node] = {name: self._me}
         self._suspicions: dict[str, _Suspicion] = {}
-        self._probe: _Probe | None = None
+        self._probe: _Probe | None = None  # the round-robin one
+        self._check: _Probe | None = None  # the out-of-turn one
+        self._checks: list[str] = []  # members waiting for an out-of-turn probe
+        # name -> (when its next round-robin ping is overdue, its period): kept as a plain
+        # dict of tuples so ``deadline()``, called after every packet, is one C-level min.
+        self._due: dict[str, tuple[float, float]] = {}
         self._relays: dict[int, _Relay] = {}
         self._order: list[str] = []
         self._order_at = 0
-        self._urgent: list[str] = []  # suspects others accused: probed before the order resumes
         self._queue: list[_Broadcast] = []
         self._broadcast_seq = 0
         self._seq = 0
@@ -325,7 +355,13 @@ class Swim:
             now + self.rng.uniform(0, c.push_pull_interval) if c.push_pull_interval else math.inf
         )
         self._next_reconnect = now + self.rng.uniform(0, c.reconnect_interval)
-        self.stats = {"probes": 0, "probe_failures": 0, "refutes": 0, "declared_dead": 0}
+        self.stats = {
+            "probes": 0,
+            "probe_failures": 0,
+            "refutes": 0,
+            "declared_dead": 0,
+            "overdue_checks": 0,
+        }
 
     # ------------------------------------------------------------------ reading
 
@@ -373,9 +409,11 @@ class Swim:
 
     def deadline(self) -> float:
         times = [self._next_probe, self._next_gossip, self._next_push_pull, self._next_reconnect]
-        p = self._probe
-        if p is not None and not p.acked:
-            times.append(p.end if p.indirect_sent else p.indirect_at)
+        for p in (self._probe, self._check):
+            if p is not None and not p.acked:
+                times.append(p.end if p.indirect_sent else p.indirect_at)
+        if self._due:
+            times.append(min(self._due.values())[0])
         for relay in self._relays.values():
             times.append(relay.expires if relay.answered or not relay.nack else relay.nack_at)
         times.extend(s.deadline() for s in self._suspicions.values())
@@ -421,17 +459,18 @@ class Swim:
     def tick(self, now: float) -> None:
         self._now = now
         c = self.config
-        p = self._probe
-        if p is not None and not p.acked:
+        for p in self._in_flight():
             if not p.indirect_sent and now >= p.indirect_at:
                 self._go_indirect(p)
             if now >= p.end:
                 self._probe_failed(p, now)
+        self._check_overdue(now)
         for seq in sorted(self._relays):
             relay = self._relays[seq]
             if relay.nack and not relay.answered and now >= relay.nack_at:
                 relay.answered = True
-                self._send(relay.requester, Nack(relay.requester_seq, self.name))
+                verdict = self._verdict(relay.target)
+                self._send(relay.requester, Nack(relay.requester_seq, self.name, verdict))
             if now >= relay.expires:
                 del self._relays[seq]
         for name in sorted(self._suspicions):
@@ -441,8 +480,20 @@ class Swim:
         if self.left:
             self._next_probe = self._next_push_pull = self._next_reconnect = math.inf
         if now >= self._next_probe:
-            self._start_probe(now)
-            self._next_probe = now + self._scale(c.probe_interval)
+            # Drift-free, like memberlist's ticker: the overdue check expects our pings exactly
+            # one round apart, and a timer that fires a little late every period would add
+            # up over a round. A process so late that the probe would lose its indirect
+            # stage (paused, overloaded) starts a whole period from now.
+            period = self._scale(c.probe_interval)
+            following = self._next_probe + period
+            late = following - now <= self._scale(c.probe_timeout)
+            self._next_probe = now + period if late else following
+            target = self._next_target()
+            if target is not None:
+                # It ends when the next one starts, so it has failed before it is replaced.
+                self._probe = self._launch(target, now, self._next_probe, in_turn=True)
+            self._recheck_suspects()
+        self._start_check(now)
         if now >= self._next_gossip:
             self._gossip(now)
             self._next_gossip = now + c.gossip_interval
@@ -466,17 +517,14 @@ class Swim:
 
     # ------------------------------------------------------------------ probing
 
-    def _start_probe(self, now: float) -> None:
-        target = self._next_target()
-        if target is None:
-            return
+    def _in_flight(self) -> list[_Probe]:
+        return [p for p in (self._probe, self._check) if p is not None and not p.acked]
+
+    def _launch(self, target: _Node, now: float, end: float, in_turn: bool) -> _Probe:
         c = self.config
         self._seq += 1
-        self._probe = _Probe(
-            target.name,
-            self._seq,
-            indirect_at=now + self._scale(c.probe_timeout),
-            end=now + self._scale(c.probe_interval),
+        probe = _Probe(
+            target.name, self._seq, indirect_at=now + self._scale(c.probe_timeout), end=end
         )
         self.stats["probes"] += 1
         first: list[Update] = []
@@ -485,15 +533,79 @@ class Swim:
             first.append(Suspect(target.name, target.incarnation, self.name))
         rest = self._take_updates(c.max_piggyback - len(first))
         updates = tuple(first + [u for u in rest if u not in first])
-        self._send(
-            target.address, Ping(self._seq, target.name, self.name, self._me.address, updates)
+        ping = Ping(
+            self._seq,
+            target.name,
+            self.name,
+            self._me.address,
+            updates,
+            self._scale(c.probe_interval) if in_turn else 0.0,
         )
+        self._send(target.address, ping)
+        return probe
+
+    def _start_check(self, now: float) -> None:
+        while self._check is None and self._checks and not self.left:
+            node = self._members.get(self._checks.pop(0))
+            if node is not None and node.state in (State.ALIVE, State.SUSPECT):
+                end = now + self._scale(self.config.probe_interval)
+                self._check = self._launch(node, now, end, in_turn=False)
+
+    def _round(self) -> int:
+        """Periods between two round-robin pings of one member to us: it pings every live
+        member but itself once per round."""
+        live = sum(1 for n in self._members.values() if n.state in (State.ALIVE, State.SUSPECT))
+        return max(1, live - 1)
+
+    def _verdict(self, name: str) -> tuple[Update, ...]:
+        """What a relay adds to its nack: its own conviction of the target, or its own
+        independent suspicion of it, so a member that missed those in gossip gets them from
+        the relays of its next probe."""
+        node = self._members.get(name)
+        if node is None:
+            return ()
+        if node.state == State.DEAD:
+            return (Dead(name, node.incarnation, self.name),)
+        timer = self._suspicions.get(name)
+        if timer is not None and self.name in timer.confirmers:
+            return (Suspect(name, timer.incarnation, self.name),)
+        return ()
+
+    def _recheck_suspects(self) -> None:
+        """Once a period, a suspicion still short of its k confirmations gets one more
+        out-of-turn probe: its relays' nacks carry their verdicts, and the suspect, if alive,
+        hears the accusation and refutes."""
+        for name in sorted(self._suspicions):
+            timer = self._suspicions[name]
+            busy = self._check is not None and self._check.target == name
+            if len(timer.confirmers) - 1 < timer.k and name not in self._checks and not busy:
+                self._checks.append(name)
+
+    def _check_overdue(self, now: float) -> None:
+        if not self._due or now < min(self._due.values())[0]:
+            return
+        rounds = self._round()
+        for name in sorted(self._due):
+            due, period = self._due[name]
+            if now < due:
+                continue
+            # Keep the phase: the sender's next ping is still due a whole round after the missed
+            # one (several rounds on, if we were paused).
+            while due <= now:
+                due += rounds * period
+            self._due[name] = (due, period)
+            node = self._members.get(name)
+            if (
+                self.health_score == 0
+                and node is not None
+                and node.state == State.ALIVE
+                and name not in self._checks
+                and not (self._check is not None and self._check.target == name)
+            ):
+                self.stats["overdue_checks"] += 1
+                self._checks.append(name)
 
     def _next_target(self) -> _Node | None:
-        while self._urgent:
-            node = self._members.get(self._urgent.pop(0))
-            if node is not None and node.state == State.SUSPECT:
-                return node
         for _ in range(2):
             while self._order_at < len(self._order):
                 name = self._order[self._order_at]
@@ -533,7 +645,7 @@ class Swim:
             )
 
     def _probe_failed(self, p: _Probe, now: float) -> None:
-        self._probe = None
+        self._finish(p)
         self.stats["probe_failures"] += 1
         # Missing nacks mean our own packets are not getting through: that is our health, not
         # the target's (Lifeguard §4.1). With no relays at all, any failure counts against us.
@@ -551,19 +663,35 @@ class Swim:
             return
         if isinstance(msg, Ping):
             self._apply_all(msg.updates, now)
+            grace = self.config.overdue_grace
+            if msg.target == self.name and msg.period > 0 and grace > 0:
+                due = now + (self._round() + grace) * msg.period
+                self._due[msg.source] = (due, msg.period)
             if msg.target == self.name:
-                updates = tuple(self._take_updates(self.config.max_piggyback))
-                self._send(msg.source_address, Ack(msg.seq, self.name, updates))
+                updates = self._take_updates(self.config.max_piggyback)
+                me = self._me
+                if any(
+                    isinstance(u, (Suspect, Dead))
+                    and u.name == me.name
+                    and u.incarnation < me.incarnation
+                    for u in msg.updates
+                ):
+                    # The prober accuses an incarnation we already refuted: our refutation may
+                    # have run out of retransmits before reaching it, so answer it directly.
+                    others = [u for u in updates if u.name != me.name]
+                    updates = [self._alive_of(me), *others[: self.config.max_piggyback - 1]]
+                self._send(msg.source_address, Ack(msg.seq, self.name, tuple(updates)))
         elif isinstance(msg, Ack):
             self._apply_all(msg.updates, now)
             self._on_ack(msg.seq)
         elif isinstance(msg, Nack):
-            p = self._probe
-            if p is not None and p.seq == msg.seq and msg.source not in p.nackers:
+            self._apply_all(msg.updates, now)
+            p = self._in_flight_with(msg.seq)
+            if p is not None and msg.source not in p.nackers:
                 # Distinct relays only: a duplicated nack must not stand for a missing one.
                 p.nackers.add(msg.source)
                 p.nacks += 1
-                if p.expected_nacks and p.nacks >= p.expected_nacks and not p.acked:
+                if p.expected_nacks and p.nacks >= p.expected_nacks:
                     # Every relay is up and reached us, and none reached the target: waiting
                     # out the period can bring only a direct ack already late by more than
                     # the whole probe timeout, so suspect now rather than at the period's end.
@@ -577,6 +705,7 @@ class Swim:
                 nack_at=now + c.probe_timeout * c.nack_fraction,
                 expires=now + c.probe_interval,
                 nack=msg.nack,
+                target=msg.target,
             )
             self._send(msg.target_address, Ping(self._seq, msg.target, self.name, self._me.address))
         elif isinstance(msg, Gossip):
@@ -585,6 +714,7 @@ class Swim:
             self._merge(msg, now)
             if msg.reply:
                 self._send(msg.source_address, self._push_pull(reply=False))
+        self._start_check(now)
 
     def _on_ack(self, seq: int) -> None:
         relay = self._relays.get(seq)
@@ -593,11 +723,23 @@ class Swim:
                 relay.answered = True
                 self._send(relay.requester, Ack(relay.requester_seq, self.name))
             return
-        p = self._probe
-        if p is not None and p.seq == seq and not p.acked:
+        p = self._in_flight_with(seq)
+        if p is not None:
             p.acked = True
-            self._probe = None
+            self._finish(p)
             self._health(-1)
+
+    def _in_flight_with(self, seq: int) -> _Probe | None:
+        for p in self._in_flight():
+            if p.seq == seq:
+                return p
+        return None
+
+    def _finish(self, p: _Probe) -> None:
+        if p is self._probe:
+            self._probe = None
+        if p is self._check:
+            self._check = None
 
     def _apply_all(self, updates: Iterable[Update], now: float) -> None:
         for u in updates:
@@ -693,8 +835,8 @@ class Swim:
             {s.source},
         )
         node.incarnation, node.state, node.since = s.incarnation, State.SUSPECT, now
-        if s.source != self.name and s.name not in self._urgent:
-            self._urgent.append(s.name)
+        if s.source != self.name and s.name not in self._checks:
+            self._checks.append(s.name)
         self._event("suspect", node, now, s.source)
         self._broadcast(s)
 
@@ -703,6 +845,7 @@ class Swim:
         if node is None or d.incarnation < node.incarnation:
             return
         self._suspicions.pop(d.name, None)
+        self._due.pop(d.name, None)
         if node.state in (State.DEAD, State.LEFT):
             if d.incarnation > node.incarnation:
                 node.incarnation = d.incarnation  # still dead, but a later verdict
@@ -731,7 +874,7 @@ class Swim:
     # ------------------------------------------------------------------ dissemination
 
     def _broadcast(self, update: Update) -> None:
-        self._queue = [b for b in self._queue if b.name != update.name]
+        self._queue = [b for b in self._queue if b.name != update.name or _distinct(update, b)]
         self._broadcast_seq += 1
         self._queue.append(_Broadcast(update.name, update, self._broadcast_seq))
 
@@ -789,6 +932,20 @@ class Swim:
     @staticmethod
     def _alive_of(node: _Node) -> Alive:
         return Alive(node.name, node.incarnation, node.address, node.role, node.tags)
+
+
+def _distinct(update: Update, queued: _Broadcast) -> bool:
+    """Whether a queued update about the same member must stay beside the new one: independent
+    suspicions at one incarnation do. Replacing them (as memberlist does) lost confirmations
+    when several members' probes failed together: each relayed another's confirmation in place
+    of its own, and a member that heard only one kept the long timeout."""
+    other = queued.update
+    return (
+        isinstance(update, Suspect)
+        and isinstance(other, Suspect)
+        and other.incarnation == update.incarnation
+        and other.source != update.source
+    )
 
 
 def _tags(tags: Mapping[str, str] | None) -> Tags:
