@@ -303,3 +303,48 @@ def test_collector_process_writes_its_url_to_home_and_serves(tmp_path: Path) -> 
         if proc.stderr:
             proc.stderr.close()
     assert not (home.path / "collector").exists()
+
+
+class _CountingStore(SqliteSpanStore):
+    """A span store that remembers how many spans each write carried."""
+
+    writes: list[int]
+
+    def write(self, spans: Any, cells: Any) -> None:
+        self.writes.append(len(spans))
+        super().write(spans, cells)
+
+
+async def test_small_posts_are_stored_together_and_a_lone_one_after_the_gather_time(
+    tmp_path: Path,
+) -> None:
+    store = _CountingStore(tmp_path / "spans.db")
+    store.writes = []
+    # gather_s is long enough that only reaching gather_spans can end the first batch
+    c = Collector(store, config=CollectorConfig(gather_spans=9, gather_s=30.0))
+    await c.start()
+
+    def post(first: int) -> int:
+        span = {"traceId": "a" * 32, "name": "x", "timestamp": 1, "duration": 1,
+                "localEndpoint": {"serviceName": "s"}}  # fmt: skip
+        spans = [{**span, "id": f"{first + i:016x}"} for i in range(3)]
+        req = urllib.request.Request(
+            f"{c.url}/api/v2/spans",
+            data=json.dumps(spans).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return int(response.status)
+
+    try:
+        for first in (1, 4, 7):
+            assert await asyncio.to_thread(post, first) == 202
+        await asyncio.wait_for(c.drained(), 20)
+        assert [n for n in store.writes if n] == [9]
+        c.config = CollectorConfig(gather_spans=9, gather_s=0.2)
+        assert await asyncio.to_thread(post, 10) == 202
+        await asyncio.wait_for(c.drained(), 20)
+        assert [n for n in store.writes if n] == [9, 3]
+        assert len(store.trace("a" * 32)) == 12
+    finally:
+        await c.stop()

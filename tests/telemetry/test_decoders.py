@@ -204,3 +204,27 @@ def test_otlp_json_with_base64_ids_is_refused_with_a_hint() -> None:
     body = _otlp_json(2, 2).replace(TRACE.encode(), b"W47/95gDgQPSabYzgT/GDA==")
     with pytest.raises(BadSpans, match="hex"):
         otlp.decode(body, "application/json")
+
+
+@pytest.mark.parametrize("kind", ["server", "Server", "SERVER"])
+def test_zipkin_kinds_in_any_case_and_uppercase_ids_are_accepted(kind: str) -> None:
+    body = json.dumps(
+        [{"traceId": TRACE[:16].upper(), "id": SPAN.upper(), "parentId": PARENT, "kind": kind}]
+    ).encode()
+    [span] = zipkin.decode(body)
+    assert (span.trace_id, span.span_id, span.parent_id) == (TRACE[:16], SPAN, PARENT)
+    assert span.kind == "SERVER"
+
+
+def test_unknown_zipkin_kinds_and_empty_parent_ids_mean_internal_root_spans() -> None:
+    body = json.dumps([{"traceId": TRACE, "id": SPAN, "parentId": "", "kind": "ODD"}]).encode()
+    [span] = zipkin.decode(body)
+    assert (span.kind, span.parent_id) == ("", None)
+
+
+@pytest.mark.parametrize("field", ["traceId", "id", "parentId"])
+def test_a_bad_id_in_any_id_field_is_named_in_the_error(field: str) -> None:
+    good = {"traceId": TRACE, "id": SPAN, "parentId": PARENT}
+    body = json.dumps([{**good, field: "not-hex-at-all!!"}]).encode()
+    with pytest.raises(BadSpans, match=field):
+        zipkin.decode(body)

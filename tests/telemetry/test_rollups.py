@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from corral.telemetry import queries
 from corral.telemetry.collector import Ingestor
 from corral.telemetry.model import CALLEE_KINDS, Span
-from corral.telemetry.normalize import facts
+from corral.telemetry.normalize import Normalizer, facts
 from corral.telemetry.rollup import EDGE_IN, EDGE_OUT, ROOT, Cell, Key, Linker, accumulate, quantile
 from corral.telemetry.store import Retention, SqliteSpanStore, TraceQuery
 from tests.telemetry.gen import BASE_US, as_tuples, brute_cells, brute_keys, traces
@@ -35,6 +35,55 @@ def test_linker_cells_equal_brute_force_in_any_arrival_order(seed: int, count: i
     accumulate(cells, linker.flush())
     assert as_tuples(cells) == expected
     assert linker.waiting == 0
+
+
+_ATTRIBUTE_VALUES = {
+    "http.request.method": ["GET", "post", ""],
+    "http.method": ["PUT", ""],
+    "http.route": ["/orders/{id}", "/o/123", ""],
+    "url.path": ["/orders/42", "/a/9f1c2e3d4b5a6978/b", ""],
+    "http.target": ["/x/7?q=1", ""],
+    "url.full": ["http://h:1/users/5?x", "https://u:p@api.example/v1/c", ""],
+    "http.url": ["http://old/2", ""],
+    "db.statement": ["SELECT * FROM t WHERE id = 1", ""],
+    "db.query.text": ["UPDATE t SET a = 'x' WHERE id IN (1, 2)", ""],
+    "db.system": ["sqlite", ""],
+    "db.system.name": ["postgresql", ""],
+    "peer.service": ["billing", ""],
+    "server.address": ["db.local", ""],
+    "net.peer.name": ["old.local", ""],
+    "network.peer.address": ["10.0.0.9", ""],
+    "server.port": ["5432", ""],
+    "net.peer.port": ["15432", ""],
+    "messaging.system": ["kafka", ""],
+    "messaging.destination.name": ["orders", ""],
+    "messaging.destination": ["legacy", ""],
+}
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    attrs=st.dictionaries(
+        st.sampled_from(sorted(_ATTRIBUTE_VALUES)), st.integers(0, 2), max_size=8
+    ),
+    kind=st.sampled_from(["", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"]),
+    name=st.sampled_from(["GET /orders/123", "SELECT", "send", "/a/b/77"]),
+    remote=st.sampled_from(["", "cache"]),
+    peer=st.sampled_from(["", "10.1.1.1:80"]),
+)
+def test_the_ingest_normaliser_names_what_the_pure_rules_name(
+    attrs: dict[str, int], kind: str, name: str, remote: str, peer: str
+) -> None:
+    """Old and new semantic-convention names, empty values, every kind: the memoising
+    normaliser the collector uses gives the same endpoint, peer and SQL fingerprint."""
+    values = {k: _ATTRIBUTE_VALUES[k][i % len(_ATTRIBUTE_VALUES[k])] for k, i in attrs.items()}
+    span = Span(
+        "a" * 32, "b" * 16, None, name, kind, "svc", "svc-0", 0, 1,
+        attributes=values, remote_service=remote, peer=peer,
+    )  # fmt: skip
+    normalizer = Normalizer(cache_size=4)
+    assert normalizer.facts(span) == facts(span)
+    assert normalizer.facts(span) == facts(span)  # and from its memo tables
 
 
 def test_a_batch_offered_into_one_list_rolls_up_like_span_by_span() -> None:

@@ -47,7 +47,6 @@ _SQL_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 _SQL_STRING = re.compile(r"'(?:[^']|'')*'")
 _SQL_HEX = re.compile(r"\b0x[0-9a-fA-F]+\b|\bx'[0-9a-fA-F]*'")
 _SQL_NUMBER = re.compile(r"(?<![\w$.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b")
-_SQL_SPACE = re.compile(r"\s+")
 _SQL_IN_LIST = re.compile(r"\bIN\s*\(\s*\?(?:\s*,\s*\?)*\s*\)", re.I)
 _SQL_VALUES = re.compile(r"\bVALUES\s*(\([?,\s]*\))(?:\s*,\s*\([?,\s]*\))+", re.I)
 _SQL_PARAM = re.compile(r"\$\d+|:\w+|%\(\w+\)s|%s")
@@ -138,7 +137,7 @@ def sql_fingerprint(statement: str) -> str:
     text = _SQL_NUMBER.sub("?", text)
     if "$" in text or ":" in text or "%" in text:
         text = _SQL_PARAM.sub("?", text)
-    text = _SQL_SPACE.sub(" ", text).strip().rstrip(";").strip()
+    text = " ".join(text.split()).rstrip(";").strip()  # whitespace runs → one space
     if "(" in text:
         if "?" in text:
             text = _SQL_IN_LIST.sub("IN (?)", text)
@@ -188,6 +187,7 @@ class Normalizer:
     def __init__(self, cache_size: int = 50_000) -> None:
         self.cache_size = cache_size
         self._paths: dict[str, str] = {}
+        self._segments: dict[str, str] = {}
         self._sql: dict[str, str] = {}
         self._endpoints: dict[tuple[str, int, str], str] = {}
 
@@ -196,8 +196,26 @@ class Normalizer:
         if done is None:
             if len(self._paths) >= self.cache_size:
                 self._paths.clear()
-            done = self._paths[path] = normalize_path(path)
+            done = self._paths[path] = self._normalize_path(path)
         return done
+
+    def _normalize_path(self, path: str) -> str:
+        """`normalize_path`, with each segment's verdict memoised: paths with ids rarely
+        repeat, but their words do, and each word costs four regex matches."""
+        path = path.split("?", 1)[0].split("#", 1)[0] or "/"
+        segments = self._segments
+        out = []
+        for part in path.split("/"):
+            if part.isdigit():
+                out.append("{id}")
+                continue
+            done = segments.get(part)
+            if done is None:
+                if len(segments) >= self.cache_size:
+                    segments.clear()
+                done = segments[part] = "{id}" if is_id_segment(part) else part
+            out.append(done)
+        return "/".join(out)
 
     def _fingerprint(self, sql: str) -> str:
         done = self._sql.get(sql)
@@ -230,4 +248,38 @@ class Normalizer:
             done = self._endpoints[memo] = endpoint(span, self._path)
         sql = get("db.query.text") or get("db.statement")
         fingerprint = self._fingerprint(sql) if sql else ""
-        return Facts(done, peer(span) if span.kind in CALLER_KINDS else "", fingerprint)
+        return Facts(done, _peer(span, get) if span.kind in CALLER_KINDS else "", fingerprint)
+
+
+def _peer(span: Span, get: Callable[[str], str | None]) -> str:
+    """`peer` for a CLIENT/PRODUCER span, with the key lists unrolled (once per such span)."""
+    named = get("peer.service") or span.remote_service
+    if named:
+        return named
+    address = (
+        get("server.address")
+        or get("net.peer.name")
+        or get("net.sock.peer.addr")
+        or get("network.peer.address")
+    )
+    if address:
+        port = (
+            get("server.port")
+            or get("net.peer.port")
+            or get("net.sock.peer.port")
+            or get("network.peer.port")
+        )
+        if port:
+            address = f"{address}:{port}"
+    db = get("db.system.name") or get("db.system")
+    if db:
+        return f"{db}@{address}" if address else db
+    messaging = get("messaging.system")
+    if messaging:
+        dest = get("messaging.destination.name") or get("messaging.destination")
+        return f"{messaging}:{dest}" if dest else messaging
+    if address:
+        return address
+    url = get("url.full") or get("http.url")
+    host = host_of_url(url) if url else ""
+    return host or span.peer

@@ -51,7 +51,6 @@ MINUTE_US = 60_000_000
 _K = TypeVar("_K")
 
 ROOT = 1
-_API_KINDS = CALLER_KINDS | CALLEE_KINDS
 EDGE_IN = 2  # peer → service: this span is the instrumented callee
 EDGE_OUT = 4  # service → peer: the callee sends no spans (database, queue, external host)
 
@@ -131,15 +130,19 @@ class _Waiting:
         "span",
     )
 
-    def __init__(self, span: Span, facts: Facts) -> None:
+    def __init__(
+        self,
+        span: Span,
+        facts: Facts,
+        need: tuple[bool, bool, bool],
+        found: tuple[str, str, str],
+    ) -> None:
         self.span = span
         self.facts = facts
-        self.need_caller = span.kind in CALLEE_KINDS and span.caller_id is not None
-        self.need_callee = span.kind in CALLER_KINDS
-        self.need_root = span.parent_id is not None and span.kind in _API_KINDS
-        self.caller = ""  # the calling span's service, for a callee
-        self.callee = ""  # the answering span's service, for a caller
-        self.api = ""
+        self.need_caller, self.need_callee, self.need_root = need
+        self.caller = found[0]  # the calling span's service, for a callee
+        self.callee = found[1]  # the answering span's service, for a caller
+        self.api = found[2]
 
 
 Done = tuple[int, Key, Span]
@@ -233,9 +236,7 @@ class Linker:
                 api = root
                 need_root = False
         if need_caller or need_callee or need_root:
-            w = _Waiting(span, facts)
-            w.need_caller, w.need_callee, w.need_root = need_caller, need_callee, need_root
-            w.caller, w.callee, w.api = caller, callee, api
+            w = _Waiting(span, facts, (need_caller, need_callee, need_root), (caller, callee, api))
             self._queue.append((now_s + self.window_s, w))
             if need_caller:
                 self._by_caller.setdefault((trace, caller_id or ""), []).append(w)

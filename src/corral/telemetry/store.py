@@ -39,6 +39,7 @@ _KIND_SHIFT = 2
 SHARED = 32
 
 HIST = [f"h{i}" for i in range(BUCKETS)]
+WRITER_CACHE_KIB = 32 * 1024
 
 
 class TraceQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +125,9 @@ class SqliteSpanStore:
             self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # The trace index takes inserts at random places: with SQLite's 2 MB default the
+            # writer re-read its pages from the OS per batch (≈ 2.5 µs of system time a span).
+            self._db.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
             self._create()
             self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._reader.execute("PRAGMA query_only=1")

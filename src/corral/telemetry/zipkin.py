@@ -9,6 +9,7 @@ address does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import msgspec
@@ -17,19 +18,21 @@ from corral.errors import UserError
 from corral.telemetry.model import Event, Span
 
 
-class Endpoint(msgspec.Struct, omit_defaults=True):
+# gc=False: decoded structs hold only strings, numbers and lists of them — never a cycle — so
+# the cyclic collector need not track the five or so each span allocates.
+class Endpoint(msgspec.Struct, omit_defaults=True, gc=False):
     serviceName: str | None = None
     ipv4: str | None = None
     ipv6: str | None = None
     port: int | None = None
 
 
-class Annotation(msgspec.Struct):
+class Annotation(msgspec.Struct, gc=False):
     timestamp: int
     value: str
 
 
-class ZipkinSpan(msgspec.Struct, omit_defaults=True):
+class ZipkinSpan(msgspec.Struct, omit_defaults=True, gc=False):
     traceId: str
     id: str
     parentId: str | None = None
@@ -47,8 +50,10 @@ class ZipkinSpan(msgspec.Struct, omit_defaults=True):
 
 _decoder = msgspec.json.Decoder(list[ZipkinSpan])
 _encoder = msgspec.json.Encoder()
-_KINDS = frozenset({"SERVER", "CLIENT", "PRODUCER", "CONSUMER"})
+_KINDS = {k: k for k in ("SERVER", "CLIENT", "PRODUCER", "CONSUMER")}
 _HEX = frozenset("0123456789abcdef")
+_ID = re.compile(r"[0-9a-f]{16}")
+_TRACE_ID = re.compile(r"[0-9a-f]{16}(?:[0-9a-f]{16})?")
 
 
 class BadSpans(UserError):
@@ -76,31 +81,43 @@ def _address(ep: Endpoint | None) -> str:
 
 
 def from_zipkin(z: ZipkinSpan) -> Span:
-    trace_id = _hex_id(z.traceId, "traceId", (16, 32))
-    span_id = _hex_id(z.id, "id", (16,))
-    parent = _hex_id(z.parentId, "parentId", (16,)) if z.parentId else None
+    # Once per span on the event loop: lowercase ids pass one regex match each (the common
+    # case); anything else goes through `_hex_id`, which lowercases or names what is wrong.
+    trace_id = z.traceId
+    if _TRACE_ID.fullmatch(trace_id) is None:
+        trace_id = _hex_id(trace_id, "traceId", (16, 32))
+    span_id = z.id
+    if _ID.fullmatch(span_id) is None:
+        span_id = _hex_id(span_id, "id", (16,))
+    parent = z.parentId or None
+    if parent is not None and _ID.fullmatch(parent) is None:
+        parent = _hex_id(parent, "parentId", (16,))
     tags = z.tags or {}
     local = z.localEndpoint
     remote = z.remoteEndpoint
-    kind = (z.kind or "").upper()
     error = "error" in tags
+    annotations = z.annotations
+    kind = z.kind
+    if kind:
+        kind = _KINDS.get(kind) or _KINDS.get(kind.upper(), "")
+    # positional: msgspec's keyword path costs more, and this runs once per span
     return Span(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_id=parent,
-        name=z.name or "",
-        kind=kind if kind in _KINDS else "",
-        service=(local.serviceName or "").lower() if local else "",
-        instance=tags.get("service.instance.id") or _address(local),
-        start_us=z.timestamp or 0,
-        duration_us=z.duration or 0,
-        error=error,
-        status=tags["error"] if error else "",
-        attributes=tags,
-        events=tuple(Event(a.timestamp, a.value) for a in z.annotations or ()),
-        remote_service=(remote.serviceName or "") if remote else "",
-        peer=_address(remote),
-        shared=bool(z.shared),
+        trace_id,
+        span_id,
+        parent,
+        z.name or "",
+        kind or "",
+        (local.serviceName or "").lower() if local else "",
+        tags.get("service.instance.id") or _address(local),
+        z.timestamp or 0,
+        z.duration or 0,
+        error,
+        tags["error"] if error else "",
+        tags,
+        tuple([Event(a.timestamp, a.value) for a in annotations]) if annotations else (),
+        (remote.serviceName or "") if remote else "",
+        _address(remote) if remote else "",
+        bool(z.shared),
     )
 
 
