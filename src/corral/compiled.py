@@ -29,10 +29,12 @@ from pathlib import Path
 
 __all__ = ["COMPILED", "EXTENSIONS", "OVERLAY", "current_manifest", "use_compiled"]
 
-# Package → the modules of it that are compiled. Only modules on the gateway's request path: they
-# are the ones whose interpreter cost users pay per request (bench/gateway.py measures it).
+# Package → the modules of it that are compiled: the gateway's request path (bench/gateway.py)
+# and the collector's ingest path (bench/telemetry.py), where users pay the interpreter per
+# request or per span.
 COMPILED: dict[str, tuple[str, ...]] = {
     "corral.gateway": ("proxy", "lb", "router", "metrics", "framing", "outlier", "retry"),
+    "corral.telemetry": ("normalize", "rollup"),
 }
 # Package → C extensions of it (``<name>.c`` beside the sources), built into the same overlay.
 EXTENSIONS: dict[str, tuple[str, ...]] = {"corral.gateway": ("_headscan",)}
