@@ -1,6 +1,7 @@
 """The AP store (N=3, R=W=2, 3 nodes) against the Raft store and etcd, same harness, same run.
 
     .venv/bin/python bench/kv.py [--seconds 5] [--sequential 1000] [--no-etcd] [--no-raft]
+                                 [--down kill|stop] [--runs K]
 
 Every system runs as three processes on 127.0.0.1 with fsync on, driven by one lean HTTP/1.1
 client on uvloop (``LeanConnection``: an ``asyncio.Protocol`` over httptools' response parser,
@@ -9,7 +10,8 @@ the machine's cores with the servers: aiohttp's client on asyncio's loop spent ~
 per put at 64 clients — three quarters of what the three AP-store nodes spend together — and so
 capped every system's figure; the lean one spends ~0.03 ms. Every system is driven by it alike:
 - the AP store: ``corral kv serve`` ×3 (``corral.kv.testing.LocalCluster``), ``PUT/GET
-  /kv/bench/KEY``; clients spread over the three nodes (there is no leader);
+  /kv/bench/KEY``; clients spread over n1 and n2 (there is no leader; n3 is the replica
+  taken down, so it never coordinates a measured write);
 - the Raft store: ``bench/raft_vs_etcd.py``'s node (``RaftStore.txn`` behind ``POST /put``),
   writes to the leader;
 - etcd 3.4 through its v3 HTTP/JSON gateway, writes to the leader (skipped if absent).
@@ -17,7 +19,12 @@ Figures: sequential put and get p50/p99; server CPU per operation (every server 
 CPU time from /proc over the phase ÷ operations — wall-clock figures are noisy on a shared
 machine, CPU per op is not) and the client's own (``client cpu/put@64``); put throughput and
 p99 at 64 clients, with the load average when the run ended; then with one
-AP-store replica SIGKILLed, the same load: write success rate and p99 against the healthy run.
+AP-store replica down, the same load: write success rate, p99 against the healthy run, and the
+survivors' CPU per put. ``--down kill`` SIGKILLs the replica (its connections are reset at
+once); ``--down stop`` SIGSTOPs it, which is what a partition looks like to the others —
+packets vanish, nothing is reset — short of network namespaces and iptables (the netns tests
+do those). ``--runs K`` repeats the AP-store part on K fresh clusters and prints each run's
+one-replica-down figures, then their range.
 Targets (issue 9): put/get p50 ≤ 1.4 ms; ≥ 5k ops/s at 64 clients and ≥ 0.7× etcd; one replica
 down: 100 % of W=2 writes succeed, p99 ≤ 2× healthy.
 """
@@ -31,6 +38,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -289,6 +297,8 @@ async def measure(
         fig["1 down ops/s"] = ops
         fig["1 down p99 ms"] = p99 * 1000
         fig["1 down success %"] = 100.0 * ok / max(1, ok + failed)
+        fig["1 down failed"] = failed
+        fig["cpu/1 down put@64 ms"] = system.cpu_per_op["put@64"] * 1000
     return fig
 
 
@@ -312,7 +322,10 @@ def run_kv(args: argparse.Namespace) -> dict[str, float]:
         system = System("kv", urls[:2], kv_put, kv_get, pids=pids)
 
         def kill() -> None:
-            cluster.kill(2)
+            if args.down == "stop":
+                cluster.signal(2, signal.SIGSTOP)
+            else:
+                cluster.kill(2)
 
         fig = uvloop.run(measure(system, args, kill))
         if system.errors:
@@ -343,14 +356,33 @@ def run_leader_based(
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _down_line(down: str, kv: dict[str, float]) -> str:
+    how = "SIGSTOPped" if down == "stop" else "SIGKILLed"
+    return (
+        f"{how}: W=2 writes succeeded {kv['1 down success %']:.2f} % "
+        f"({kv['1 down failed']:.0f} failed), p99 {kv['1 down p99 ms']:.2f} ms = "
+        f"{kv['1 down p99 ms'] / kv['64 clients p99 ms']:.2f}× healthy "
+        f"({kv['64 clients p99 ms']:.2f} ms), {kv['1 down ops/s']:.0f} ops/s "
+        f"(healthy {kv['64 clients ops/s']:.0f}); node CPU per put "
+        f"{kv['cpu/1 down put@64 ms']:.3f} ms (healthy {kv['cpu/put@64 ms']:.3f} ms); "
+        f"put/get p50 {kv['put p50 ms']:.2f} / {kv['get p50 ms']:.2f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--sequential", type=int, default=1000)
     parser.add_argument("--no-etcd", action="store_true")
     parser.add_argument("--no-raft", action="store_true")
+    parser.add_argument("--down", choices=["kill", "stop"], default="kill")
+    parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
-    results = {"kv": run_kv(args)}
+    runs = []
+    for i in range(args.runs):
+        runs.append(run_kv(args))
+        print(f"kv run {i + 1}: " + _down_line(args.down, runs[-1]), flush=True)
+    results = {"kv": runs[-1]}
     print("kv: " + ", ".join(f"{k} {v:.3g}" for k, v in results["kv"].items()), flush=True)
     if not args.no_raft:
         results["raft"] = run_leader_based("raft", lambda b: CorralCluster(b, "default"), args)
@@ -374,11 +406,15 @@ def main() -> None:
             ratio = kv.get(key, float("nan")) / theirs if theirs else float("nan")
             row += f"{theirs:9.3g} {ratio:8.2f} "
         print(row)
-    print(
-        f"\none replica SIGKILLed: W=2 writes succeeded {kv['1 down success %']:.2f} %, p99 "
-        f"{kv['1 down p99 ms']:.2f} ms = {kv['1 down p99 ms'] / kv['64 clients p99 ms']:.2f}× "
-        f"healthy, {kv['1 down ops/s']:.0f} ops/s"
-    )
+    print("\none replica " + _down_line(args.down, kv))
+    if len(runs) > 1:
+        ratios = [r["1 down p99 ms"] / r["64 clients p99 ms"] for r in runs]
+        success = [r["1 down success %"] for r in runs]
+        print(
+            f"{len(runs)} runs: success {min(success):.2f}–{max(success):.2f} %, p99 ratio "
+            f"{min(ratios):.2f}–{max(ratios):.2f}× (runs within 2×: "
+            f"{sum(r <= 2 for r in ratios)} of {len(runs)})"
+        )
     print(
         "targets: put/get p50 <= 1.4 ms; >= 5k ops/s at 64 clients and >= 0.7x etcd; "
         "one down: 100 % success, p99 <= 2x healthy"

@@ -61,6 +61,39 @@ async def test_delivered_hints_and_reaped_tombstones_are_gone_after_a_reopen(
     again.close()
 
 
+async def test_reap_forgets_old_tombstones_only_even_after_a_reopen_or_a_rewrite(
+    tmp_path: Path,
+) -> None:
+    """Reaping looks only at keys that are tombstones (not at every key): a tombstone written
+    over with a value is kept, one loaded from disk is found, and hint owners are counted."""
+    storage = KvStorage(tmp_path, "n1")
+    deleted = versions.write(EMPTY, (), "n1.1", None, 100.0)
+    storage.store("b/revived", deleted)
+    storage.store("b/revived", versions.write(deleted, versions.context_of(deleted), "n1.1",
+                                              b"back", 101.0))  # fmt: skip
+    storage.store("b/gone", versions.write(EMPTY, (), "n1.1", None, 100.0))
+    storage.store("b/live", versions.write(EMPTY, (), "n1.1", b"v", 100.0))
+    hint = versions.write(EMPTY, (), "n2.1", b"held", 1.0)
+    storage.store("b/h1", hint, hint_for="n3")
+    storage.store("b/h1", hint, hint_for="n3")  # the same hint again: still one
+    storage.store("b/h2", hint, hint_for="n3")
+    storage.store("b/h3", hint, hint_for="n2")
+    assert storage.hint_owners() == ["n2", "n3"]
+    assert storage.hint_delivered("n2", "b/h3", versions.digest(hint))
+    assert storage.hint_owners() == ["n3"]
+    await storage.sync()
+    storage.close()
+
+    again = KvStorage(tmp_path, "n1")
+    assert again.hint_owners() == ["n3"]
+    assert again.reap(now=150.0, grace=3600) == 0  # too young
+    assert again.reap(now=100.0 + 3600, grace=3600) == 1
+    assert again.get("b/gone").empty
+    assert again.get("b/revived").values == [b"back"]
+    assert again.get("b/live").values == [b"v"]
+    again.close()
+
+
 def test_context_header_round_trips_and_rejects_what_the_store_did_not_issue() -> None:
     ctx = (("n1.4", 2), ("n2.9", 1))
     assert decode_context(encode_context(ctx)) == ctx

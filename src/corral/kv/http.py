@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import signal
+import time
 from collections import deque
 from collections.abc import Awaitable
 from http import HTTPStatus
@@ -37,7 +39,7 @@ import httptools
 from corral.consensus.transport import split_address
 from corral.errors import CorralError, NotFound, UserError
 from corral.kv.coordinator import InvalidQuorum
-from corral.kv.node import KvNode, NodeConfig
+from corral.kv.node import Counters, KvNode, NodeConfig
 from corral.kv.versions import Versioned, context_of
 from corral.kv.wire import CONTEXT_HEADER, SIBLINGS_TYPE, decode_context, encode_context
 
@@ -268,10 +270,57 @@ class HttpProtocol(asyncio.Protocol):
             self.transport = None
 
 
+class GcPolicy:
+    """A node process's collector policy: freeze what survives each full collection.
+
+    A node mirrors its whole data set in memory as long-lived, acyclic objects (``storage``),
+    so a full collection re-walks every stored object: ≈ 200 ms with 60k keys on these
+    machines, a pause every write in flight on the node waits out — and with a replica down
+    every write needs both survivors, so any node's pause is in the write tail. Freezing the
+    survivors right after a full collection (nothing unreachable is left at that moment) makes
+    the next one walk only what was allocated since. Frozen objects are still freed by
+    reference counting; only a frozen object that later dies *in a cycle* waits, and every
+    ``unfreeze_every`` seconds the frozen set is handed back so the next full collection
+    reclaims those — one long pause per interval instead of one per few seconds of writes.
+    """
+
+    def __init__(self, counters: Counters, unfreeze_every: float = 600.0) -> None:
+        self.counters = counters
+        self.unfreeze_every = unfreeze_every
+        self._started = 0.0
+        self._unfrozen_at = time.monotonic()
+
+    def install(self) -> None:
+        gc.callbacks.append(self._observe)
+
+    def remove(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._observe)
+
+    def _observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause_ms = (time.perf_counter() - self._started) * 1000
+        if pause_ms > self.counters.gc_pause_max_ms:
+            self.counters.gc_pause_max_ms = pause_ms
+        if info["generation"] != 2:
+            return
+        self.counters.gc_full += 1
+        now = time.monotonic()
+        if now - self._unfrozen_at >= self.unfreeze_every:
+            self._unfrozen_at = now
+            gc.unfreeze()
+        else:
+            gc.freeze()
+
+
 async def serve(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
     """Run one node until SIGTERM/SIGINT: HTTP on ``config.http``, peers on ``config.peer``."""
     node = KvNode(config)
     await node.start()
+    gc_policy = GcPolicy(node.counters)
+    gc_policy.install()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -296,4 +345,5 @@ async def serve(config: NodeConfig, ready: asyncio.Event | None = None) -> None:
                 loop.remove_signal_handler(sig)
         if server is not None:
             server.close()
+        gc_policy.remove()
         await node.stop()

@@ -4,7 +4,15 @@ Theory of operation (Dynamo §4.5–4.7; the simulator's ``sim.kv.KvWorld`` is t
 virtual network, and what its checkers prove is what this adapter relies on):
 - **Membership.** A ``SwimDriver`` on the node's peer address (UDP) says who is alive. The ring
   holds every kv member not known to have *left* — a dead member keeps its ranges, so writes
-  for it go to stand-ins as hints — and "healthy" means alive in this node's view.
+  for it go to stand-ins as hints.
+- **Healthy, for routing** (Dynamo §4.8: a node judges a peer by whether its requests are
+  answered; gossip is for membership): our own connection's evidence first (``Rpc.evidence``)
+  — a refused or lost connection makes a peer unhealthy at once, a replica request left
+  unanswered for ``replica_timeout`` too, and a peer that answered within the last second is
+  healthy even while gossip suspects it (a loaded node answers probes late); with no evidence,
+  alive in this node's SWIM view. When fewer than W (or R) nodes look healthy, every member
+  not just refused is tried before a request is refused: a false suspicion costs nothing while
+  enough nodes answer, and the quorum, not a guess, fails a request.
 - **Put.** Only a replica issues a dot, so a node outside the key's targets forwards the write
   to the first target, once: a node that receives a forwarded write but sees other targets
   first coordinates it itself as the stand-in for its last target. The coordinator makes the
@@ -19,11 +27,16 @@ virtual network, and what its checkers prove is what this adapter relies on):
   and once every target has replied or timed out, home replicas holding a stale copy get the
   merged object (read repair).
 - **Hinted handoff** every ``handoff_interval``: hints whose owner is healthy are sent; a hint
-  is dropped only if unchanged since it was sent.
+  is dropped only if unchanged since it was sent. While no owner is back the round costs
+  O(owners), not a scan of every hint.
 - **Anti-entropy** every ``ae_interval``: for each healthy peer, a Merkle tree over the keys
   both should hold (``leaves_for`` of their count) is sent; the peer answers with its objects
   in differing leaves, merges ours, and both sides end equal. Tombstones older than ``grace``
-  are reaped first.
+  are reaped first. Each side keeps its tree per peer and rehashes only the keys stored since
+  the last round; a tree is (re)built a slice of ``AE_SLICE`` keys at a time, letting writes
+  run between slices (see ``_tree_for``).
+- **Background work never stalls writes for long**: with a replica down every write waits for
+  both survivors, so a loop stall on either is in the write tail.
 """
 
 from __future__ import annotations
@@ -48,10 +61,10 @@ from corral.kv.coordinator import (
     new_version,
     sloppy_targets,
 )
-from corral.kv.merkle import MerkleTree, diff, leaves_for
+from corral.kv.merkle import MerkleTree, _node_hash, diff, leaves_for
 from corral.kv.ring import Ring
 from corral.kv.storage import KvStorage
-from corral.kv.transport import Rpc
+from corral.kv.transport import Evidence, Rpc
 from corral.kv.versions import Context, Versioned
 from corral.kv.wire import (
     AeApply,
@@ -76,6 +89,7 @@ from corral.membership.driver import SwimDriver
 
 log = logging.getLogger(__name__)
 ROLE = "kv"
+AE_SLICE = 512  # keys per slice of a Merkle tree build between loop turns
 _DONE = Done()
 _UNKNOWN = (False, "")
 
@@ -150,6 +164,10 @@ class Counters:
     ae_rounds: int = 0
     ae_shipped: int = 0
     reaped: int = 0
+    suspected: int = 0  # SWIM suspect events about peers (false ones show up here under load)
+    declared_dead: int = 0
+    gc_full: int = 0  # full collections, and the longest pause of any (see ``http.GcPolicy``)
+    gc_pause_max_ms: float = 0.0
 
 
 class KvNode:
@@ -158,7 +176,9 @@ class KvNode:
         self.name = config.name
         self.quorum = config.quorum.validate()
         self.storage = KvStorage(config.data_dir, config.name, config.conflicts)
-        self.rpc = Rpc(config.name, config.peer, self.handle, config.cluster)
+        self.rpc = Rpc(
+            config.name, config.peer, self.handle, config.cluster, stall=config.replica_timeout
+        )
         self.members = SwimDriver(
             config.name,
             config.peer,
@@ -172,6 +192,10 @@ class KvNode:
         self._view: dict[str, tuple[bool, str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        self._stopped = False
+        # per peer: the Merkle tree of the keys we share and the ring it was built on
+        self._trees: dict[str, tuple[Ring, MerkleTree]] = {}
+        self._trees_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -192,6 +216,10 @@ class KvNode:
         ]
 
     async def stop(self) -> None:
+        """Stop serving and close the data directory; a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         for task in self._loops:
             task.cancel()
         for task in list(self._tasks):
@@ -232,6 +260,10 @@ class KvNode:
 
     def _on_member(self, ev: MemberEvent) -> None:
         self._view = None
+        if ev.kind == "suspect":
+            self.counters.suspected += 1
+        elif ev.kind == "dead":
+            self.counters.declared_dead += 1
         if ev.kind in ("join", "left", "dead", "alive", "update"):
             self._rebuild_ring()
 
@@ -254,7 +286,17 @@ class KvNode:
     def healthy(self, node: str) -> bool:
         if node == self.name:
             return True
+        seen = self.rpc.evidence(node)
+        if seen is not None:
+            return seen is Evidence.ANSWERING
         return self._peers().get(node, _UNKNOWN)[0]
+
+    def reachable(self, node: str) -> bool:
+        """Worth a try when too few nodes are healthy: a member whose connection was not
+        just refused or lost, whatever gossip thinks of it."""
+        if node == self.name:
+            return True
+        return node in self._peers() and self.rpc.evidence(node) is not Evidence.DOWN
 
     def address(self, node: str) -> str:
         known = self._peers().get(node)
@@ -287,7 +329,10 @@ class KvNode:
         self.counters.puts += 1
         n = self.quorum.n
         walk = self.ring.walk(key)
-        targets = sloppy_targets(_OneKey(walk), key, n, self.healthy)  # type: ignore[arg-type]  # ring-alike for this key
+        one_key = _OneKey(walk)
+        targets = sloppy_targets(one_key, key, n, self.healthy)  # type: ignore[arg-type]  # ring-alike for this key
+        if len(targets) < w:
+            targets = sloppy_targets(one_key, key, n, self.reachable)  # type: ignore[arg-type]  # as above
         mine = next((t for t in targets if t.node == self.name), None)
         if len(targets) < w:
             raise NoQuorum(
@@ -343,6 +388,14 @@ class KvNode:
         wire = to_wire(stored)
         home = walk[: self.quorum.n]
         waker = _Waker()
+        tried = {t.node for t in targets}
+        unsettled = 1  # our own sync, then each replica call until it answers or fails
+
+        def settled() -> None:
+            nonlocal unsettled
+            unsettled -= 1
+            if unsettled == 0:
+                waker.wake()  # nothing more can arrive: fail now unless a node is left
 
         def acked(node: str) -> None:
             req.ack(node, clock.monotonic())
@@ -352,17 +405,23 @@ class KvNode:
         def local_durable(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and done.exception() is None:
                 acked(self.name)
+            settled()
 
         def replicate(t: Target) -> None:
+            nonlocal unsettled
+            unsettled += 1
+            tried.add(t.node)
+
             def replied(reply: asyncio.Future[Reply]) -> None:
                 if reply.cancelled():
                     return
                 if reply.exception() is None:
                     acked(t.node)
-                    return
-                owner = t.hint_for or t.node
-                if owner in home and owner != self.name:
-                    self._hint(key, stored, owner)
+                else:
+                    owner = t.hint_for or t.node
+                    if owner in home and owner != self.name:
+                        self._hint(key, stored, owner)
+                settled()
 
             self._send(t.node, Replicate(key, wire, t.hint_for)).add_done_callback(replied)
 
@@ -381,10 +440,21 @@ class KvNode:
             for t in req.tick(now, self.healthy):
                 replicate(t)
             req.expire(now)
+            if req.outcome == "pending" and unsettled == 0:
+                # Every call settled short of W: the failed ones will never answer, so
+                # replace them now rather than after ``replica_timeout`` (``tick`` takes a
+                # slot as silent once that long has passed) — healthy nodes first, then any
+                # node not known down. None left: waiting longer is moot.
+                later = now + cfg.replica_timeout
+                extra = req.tick(later, self.healthy) + req.tick(later, self.reachable)
+                if not extra:
+                    break
+                for t in extra:
+                    replicate(t)
         if req.outcome != "ok":
             raise NoQuorum(
-                f"kv put {key!r}: {req.acks} of w={w} replicas acknowledged within "
-                f"{cfg.request_timeout:.1f} s",
+                f"kv put {key!r}: {req.acks} of w={w} replicas acknowledged (tried "
+                f"{', '.join(sorted(tried))}; request timeout {cfg.request_timeout:.1f} s)",
                 "the write may or may not have landed: read, then retry with the context",
             )
         return storage.get(key) if mine.hint_for is None else storage.hints.for_key(key)
@@ -402,6 +472,8 @@ class KvNode:
         self.counters.gets += 1
         cfg = self.config
         targets = self.ring.preference_list(key, self.quorum.n, self.healthy)
+        if len(targets) < r:
+            targets = self.ring.preference_list(key, self.quorum.n, self.reachable)
         if len(targets) < r:
             raise NoQuorum(
                 f"kv get {key!r}: only {len(targets)} healthy node(s) for r={r}",
@@ -473,12 +545,15 @@ class KvNode:
             self.counters.ae_shipped += len(body.objects)
             return self._done_when_durable()
         if isinstance(body, AeTree):
-            mine = self._shared_tree(frm, len(body.hashes) // 2)
-            theirs = MerkleTree(mine.leaves)
-            theirs._nodes = list(body.hashes)
-            leaves = diff(mine, theirs)
-            return AeObjects(leaves, self._objects_in(mine, leaves))
+            return self._answer_tree(frm, body)
         return self._coordinate_for_peer(body)
+
+    async def _answer_tree(self, frm: str, body: AeTree) -> Reply:
+        mine = await self._tree_for(frm, len(body.hashes) // 2)
+        theirs = MerkleTree(mine.leaves)
+        theirs._nodes = list(body.hashes)
+        leaves = diff(mine, theirs)
+        return AeObjects(leaves, self._objects_in(mine, leaves))
 
     def _done_when_durable(self) -> asyncio.Future[Reply]:
         """``Done`` once what was stored is on disk: a callback on the shared commit, so a
@@ -508,7 +583,10 @@ class KvNode:
 
     async def handoff_once(self) -> int:
         """Send every hint whose owner is healthy; returns how many were delivered."""
-        due = self.storage.hints.due(self.healthy)
+        back = {owner for owner in self.storage.hint_owners() if self.healthy(owner)}
+        if not back:  # the common case while an owner is down: no scan of its hints
+            return 0
+        due = [(o, k, obj) for (o, k), obj in self.storage.hints.hints.items() if o in back]
         delivered = 0
 
         async def deliver(owner: str, key: str, obj: Versioned) -> None:
@@ -536,9 +614,91 @@ class KvNode:
         ]
         return MerkleTree.build(items, leaves or leaves_for(len(items)))
 
+    async def _tree_for(self, peer: str, leaves: int | None = None) -> MerkleTree:
+        """The tree over the keys ``peer`` shares with us, as ``_shared_tree`` builds it, but
+        kept between rounds per peer and brought up to date with the keys stored since
+        (``storage.take_changed``): a round rehashes what changed, not every key it holds
+        (four full builds per node per round on 3 nodes took a quarter of a loaded node's
+        CPU). A tree is rebuilt when the ring changes or its key count needs another leaf
+        count; a peer asking with another leaf count gets a tree built for it alone."""
+        async with self._trees_lock:
+            await self._apply_changes()
+            cached = self._trees.get(peer)
+            if cached is not None and cached[0] is self.ring:
+                tree = cached[1]
+                fits = leaves_for(len(tree))
+                if tree.leaves == fits and leaves in (None, fits):
+                    return tree
+            tree = await self._build_shared_tree(peer, leaves)
+            if leaves in (None, leaves_for(len(tree))):
+                self._trees[peer] = (self.ring, tree)
+                await self._apply_changes()  # what was stored while it was built
+            return tree
+
+    async def _apply_changes(self) -> None:
+        changed = sorted(self.storage.take_changed())
+        if not changed:
+            return
+        n, ring, objects = self.quorum.n, self.ring, self.storage.objects
+        for peer, (built_on, tree) in list(self._trees.items()):
+            if built_on is not ring:
+                del self._trees[peer]
+                continue
+            nodes, dirty = tree._nodes, set()
+            for start in range(0, len(changed), AE_SLICE):
+                for key in changed[start : start + AE_SLICE]:
+                    if peer not in ring.home(key, n):
+                        continue
+                    obj = objects.get(key)
+                    if obj is None:
+                        tree.update(key, None)  # forgotten: rare, its path rehashed now
+                    else:
+                        dirty.add(tree._put(key, versions.digest(obj)) // 2)
+                await asyncio.sleep(0)
+            # rehash the changed paths level by level: each inner node once
+            done = 0
+            while dirty:
+                for node in dirty:
+                    nodes[node] = _node_hash(nodes[2 * node], nodes[2 * node + 1])
+                done += len(dirty)
+                dirty = {node // 2 for node in dirty if node > 1}
+                if done >= AE_SLICE:
+                    done = 0
+                    await asyncio.sleep(0)
+
+    async def _build_shared_tree(self, peer: str, leaves: int | None = None) -> MerkleTree:
+        """``_shared_tree`` in slices of ``AE_SLICE`` keys with the loop let run between them:
+        built in one go it blocked the loop ≈ 1 s at 40k keys on a loaded machine — a stall
+        in every write's path, every ``ae_interval``, on both ends of the exchange. Keys
+        stored meanwhile wait for the next round, which anti-entropy is built to converge."""
+        n, ring = self.quorum.n, self.ring
+        snapshot = list(self.storage.objects.items())
+        items: list[tuple[str, bytes]] = []
+        for start in range(0, len(snapshot), AE_SLICE):
+            items += [
+                (k, versions.digest(obj))
+                for k, obj in snapshot[start : start + AE_SLICE]
+                if peer in ring.home(k, n)
+            ]
+            await asyncio.sleep(0)
+        tree = MerkleTree(leaves or leaves_for(len(items)))
+        for start in range(0, len(items), AE_SLICE):
+            for key, digest in items[start : start + AE_SLICE]:
+                tree._put(key, digest)  # what MerkleTree.build does, a slice at a time
+            await asyncio.sleep(0)
+        nodes = tree._nodes
+        for node in range(tree.leaves - 1, 0, -1):  # and its _rehash_all, likewise
+            nodes[node] = _node_hash(nodes[2 * node], nodes[2 * node + 1])
+            if node % AE_SLICE == 0:
+                await asyncio.sleep(0)
+        return tree
+
     def _objects_in(self, tree: MerkleTree, leaves: list[int]) -> list[tuple[str, Any]]:
         objects = self.storage.objects
-        return [(k, to_wire(objects[k])) for leaf in leaves for k in tree.keys_in(leaf)]
+        # a key reaped since the tree was built is simply not shipped
+        return [
+            (k, to_wire(objects[k])) for leaf in leaves for k in tree.keys_in(leaf) if k in objects
+        ]
 
     async def anti_entropy_once(self) -> int:
         """One exchange with every healthy peer; returns how many objects were shipped."""
@@ -547,10 +707,11 @@ class KvNode:
         for peer in self.ring.nodes:
             if peer == self.name or not self.healthy(peer):
                 continue
-            tree = self._shared_tree(peer)
+            tree = await self._tree_for(peer)
             hashes = [tree.node(i) for i in range(2 * tree.leaves)]
             try:
-                reply = await self._call(peer, AeTree(hashes))
+                # the peer builds its tree a slice at a time too: give it the round
+                reply = await self._call(peer, AeTree(hashes), self.config.ae_interval)
             except ReplicaUnavailable:
                 continue
             if not isinstance(reply, AeObjects) or not reply.leaves:

@@ -26,7 +26,11 @@ Theory of operation:
   an object: after a crash every key gets a fresh actor, so a dot issued before the crash —
   perhaps replicated, perhaps not durable here — is never issued again with another value.
 - **Tombstones** stay until ``reap(now, grace)`` removes those older than the grace period;
-  ``grace`` must outlast any replica's absence or a delete can come back.
+  ``grace`` must outlast any replica's absence or a delete can come back. The keys whose object
+  is tombstones only are kept in a set, so reaping looks at those, not at every key (a scan of
+  every object blocked the loop ≈ 0.1 s at 40k keys).
+- **Hints per owner** are counted as they come and go (``hint_owners``), so the handoff loop
+  learns in O(owners) that no owner is back, instead of scanning every hint each second.
 """
 
 from __future__ import annotations
@@ -95,6 +99,9 @@ class KvStorage:
             ) from None
         self.objects: dict[str, Versioned] = {}
         self.hints = HintStore(conflicts)
+        self._tombstones: set[str] = set()  # keys whose object is tombstones only
+        self._changed: set[str] = set()  # keys stored or forgotten since ``take_changed``
+        self._hint_owners: dict[str, int] = {}  # owner → hints held for it
         self._pending_objects: dict[str, Versioned | None] = {}
         self._pending_hints: dict[tuple[str, str], Versioned | None] = {}
         self._inflight: asyncio.Future[None] | None = None  # the commit being written
@@ -116,9 +123,12 @@ class KvStorage:
     def _load(self) -> None:
         try:
             for key, blob in self._db.execute("SELECT key, obj FROM objects"):
-                self.objects[key] = from_wire(_decode(blob))
+                obj = self.objects[key] = from_wire(_decode(blob))
+                if obj.siblings and not obj.exists:
+                    self._tombstones.add(key)
             for owner, key, blob in self._db.execute("SELECT owner, key, obj FROM hints"):
                 self.hints.hints[(owner, key)] = from_wire(_decode(blob))
+                self._hint_owners[owner] = self._hint_owners.get(owner, 0) + 1
         except (sqlite3.Error, msgspec.DecodeError) as exc:
             raise StoreError(
                 f"kv node {self.node}: {self.path} is damaged: {exc}",
@@ -154,6 +164,16 @@ class KvStorage:
     def keys(self) -> Iterator[str]:
         return iter(sorted(self.objects))
 
+    def take_changed(self) -> set[str]:
+        """The keys whose object was stored or forgotten since the last call (for trees kept
+        up to date between anti-entropy rounds)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def hint_owners(self) -> list[str]:
+        """The nodes this one holds hints for."""
+        return sorted(self._hint_owners)
+
     # ------------------------------------------------------------------ writing
 
     def new_actor(self) -> str:
@@ -170,6 +190,8 @@ class KvStorage:
         """Merge ``obj`` into the local copy (or into a hint for ``hint_for``); durable after
         the next ``sync``. ``obj.actor`` is kept when it is a local write's."""
         if hint_for is not None and hint_for != self.node:
+            if (hint_for, key) not in self.hints.hints:
+                self._hint_owners[hint_for] = self._hint_owners.get(hint_for, 0) + 1
             merged = self.hints.add(hint_for, key, obj)
             self._pending_hints[(hint_for, key)] = merged
             return merged
@@ -178,19 +200,34 @@ class KvStorage:
         merged = Versioned(merged.siblings, merged.context, obj.actor or local.actor)
         self.objects[key] = merged
         self._pending_objects[key] = merged
+        self._changed.add(key)
+        siblings = merged.siblings
+        # a value first settles it without walking the siblings (the common case)
+        if siblings and siblings[0].value is None and not merged.exists:
+            self._tombstones.add(key)
+        elif key in self._tombstones:
+            self._tombstones.discard(key)
         return merged
 
     def hint_delivered(self, owner: str, key: str, digest: bytes) -> bool:
         if self.hints.delivered(owner, key, digest):
             self._pending_hints[(owner, key)] = None
+            left = self._hint_owners[owner] - 1
+            if left:
+                self._hint_owners[owner] = left
+            else:
+                del self._hint_owners[owner]
             return True
         return False
 
     def reap(self, now: float, grace: float) -> int:
         """Forget tombstones older than ``grace``; returns how many."""
-        gone = [k for k, obj in sorted(self.objects.items()) if versions.reapable(obj, now, grace)]
+        objects = self.objects
+        gone = sorted(k for k in self._tombstones if versions.reapable(objects[k], now, grace))
         for key in gone:
-            del self.objects[key]
+            del objects[key]
+            self._tombstones.discard(key)
+            self._changed.add(key)
             self._pending_objects[key] = None
         return len(gone)
 

@@ -11,8 +11,18 @@ must know at once when a replica cannot answer so the coordinator can go elsewhe
   connection in any order and complete the caller's future. Several requests in flight share
   the connection.
 - **Fail fast.** A refused connect, a closed connection or a per-call timeout raises
-  ``ReplicaUnavailable`` for every call waiting on it; after a failed connect the peer is
-  skipped for a short backoff (20 ms doubling to 1 s) rather than retried per request.
+  ``ReplicaUnavailable`` for every call waiting on it; after a failed connect or a lost
+  connection the peer is skipped for a short backoff (20 ms doubling to 1 s) rather than
+  retried per request.
+- **What the connection says about the peer** (``Rpc.evidence``), for routing ahead of
+  gossip, as Dynamo's nodes judge each other by whether their requests are answered: ``DOWN``
+  within the backoff after a refused connect or a lost connection (a killed process resets
+  its connections at once, long before gossip suspects it); ``STALLED`` when a replica
+  request (``Replicate``, ``Fetch``, ``Handoff`` — answered within a disk sync) has waited
+  ``stall`` seconds with no reply of any kind since it left (packets vanish: a partition, a
+  paused process); ``ANSWERING`` when a reply came within ``fresh`` seconds and nothing is
+  stalled; otherwise ``None``, no evidence. A forwarded ``Coordinate`` may legitimately wait
+  for a whole quorum, so it never counts as stalled.
 - **Protocols, not streams.** Both ends are ``asyncio.Protocol``s that cut every frame out of
   what one ``recv`` brought (``FrameReader``): a batch of frames costs one callback, where
   streams cost two awaits per frame.
@@ -36,6 +46,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from functools import partial
 
 import msgspec
@@ -47,8 +58,11 @@ from corral.kv.wire import (
     Done,
     Envelope,
     Failed,
+    Fetch,
     Found,
+    Handoff,
     Hello,
+    Replicate,
     ReplicaUnavailable,
     Reply,
     Request,
@@ -58,6 +72,15 @@ from corral.kv.wire import (
 log = logging.getLogger(__name__)
 
 _REPLIES = (Done, Found, Written, AeObjects, Failed)
+_PROMPT = (Replicate, Fetch, Handoff)  # answered within a disk sync: silence means trouble
+
+
+class Evidence(Enum):
+    ANSWERING = "answering"
+    STALLED = "stalled"
+    DOWN = "down"
+
+
 Handler = Callable[[str, Request], Reply | Awaitable[Reply]]
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -155,7 +178,7 @@ class _Outbound(FrameReader):
     def connection_lost(self, exc: Exception | None) -> None:
         transport, self.transport = self.transport, None
         if transport is not None:
-            self.conn.drop(transport)
+            self.conn.lost(transport)
 
 
 class _Inbound(FrameReader):
@@ -222,6 +245,14 @@ class _Conn:
         self.connecting: asyncio.Future[None] | None = None
         self.backoff = 0.02
         self.retry_at = 0.0
+        self.replied_at = -1e9  # clock.monotonic() of the last reply of any kind
+        # (sent at, id) of prompt requests in send order; answered ones are pruned lazily
+        self.prompt: deque[tuple[float, int]] = deque()
+
+    def _prune(self) -> None:
+        prompt, waiting = self.prompt, self.waiting
+        while prompt and prompt[0][1] not in waiting:
+            prompt.popleft()
 
     def expect(self, rid: int, deadline: float, timeout: float) -> None:
         """Fail request ``rid`` at ``deadline`` if its reply has not come by then."""
@@ -250,6 +281,7 @@ class _Conn:
                 )
             )
         self.deadlines = kept
+        self._prune()
         if kept:
             self.timer = loop.call_at(min(d for d, _, _ in kept), self._expire)
 
@@ -300,7 +332,9 @@ class _Conn:
         self.outbox = Outbox(transport)
 
     def replied(self, env: Envelope) -> None:
+        self.replied_at = clock.monotonic()
         fut = self.waiting.pop(env.id, None)
+        self._prune()
         if fut is None or fut.done():
             return
         body = env.body
@@ -310,6 +344,13 @@ class _Conn:
             )
         else:
             fut.set_result(body)  # type: ignore[arg-type]  # replies only here
+
+    def lost(self, transport: asyncio.Transport) -> None:
+        """The connection closed under us: the peer is down until the backoff passes (a
+        reconnect that is refused then doubles it)."""
+        if transport is self.transport:
+            self.retry_at = clock.monotonic() + self.backoff
+            self.drop(transport)
 
     def drop(self, transport: asyncio.Transport | None = None) -> None:
         if transport is not None and transport is not self.transport:
@@ -322,6 +363,7 @@ class _Conn:
             self.timer.cancel()
             self.timer = None
         self.deadlines.clear()
+        self.prompt.clear()
         waiting, self.waiting = self.waiting, {}
         for fut in waiting.values():
             if not fut.done():
@@ -333,11 +375,21 @@ class _Conn:
 class Rpc:
     """Calls other nodes and serves their calls, as node ``name`` listening on ``address``."""
 
-    def __init__(self, name: str, address: str, handler: Handler, cluster: str = "kv") -> None:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        handler: Handler,
+        cluster: str = "kv",
+        stall: float = 0.3,
+        fresh: float = 1.0,
+    ) -> None:
         self.name = name
         self.address = address
         self.cluster = cluster
         self.handler = handler
+        self.stall = stall
+        self.fresh = fresh
         self._conns: dict[str, _Conn] = {}
         self._ids = 0
         self._server: asyncio.Server | None = None
@@ -363,6 +415,24 @@ class Rpc:
                 async with asyncio.timeout(1.0):
                     await self._server.wait_closed()
 
+    def evidence(self, peer: str) -> Evidence | None:
+        """What our connection to ``peer`` says about it (see the module docstring)."""
+        conn = self._conns.get(peer)
+        if conn is None:
+            return None
+        # asked for every node of a key's walk on every put: one call, no helpers
+        now = clock.monotonic()
+        if now < conn.retry_at:
+            return Evidence.DOWN
+        prompt = conn.prompt
+        if prompt:
+            conn._prune()
+            if prompt and now - max(prompt[0][0], conn.replied_at) > self.stall:
+                return Evidence.STALLED
+        if conn.transport is not None and now - conn.replied_at < self.fresh:
+            return Evidence.ANSWERING
+        return None
+
     async def call(self, peer: str, address: str, body: Request, timeout: float) -> Reply:
         """Send ``body`` to ``peer`` and wait for its reply; ``ReplicaUnavailable`` if none."""
         return await self.send(peer, address, body, timeout)
@@ -381,6 +451,8 @@ class Rpc:
         fut: asyncio.Future[Reply] = loop.create_future()
         conn.waiting[rid] = fut
         conn.expect(rid, loop.time() + timeout, timeout)
+        if isinstance(body, _PROMPT):
+            conn.prompt.append((clock.monotonic(), rid))
         if conn.outbox is not None:
             conn.outbox.put(_encode(Envelope(rid, body)))
         else:
