@@ -20,6 +20,9 @@ from corral.telemetry.exposition import exemplar, to_openmetrics
 __all__ = ["BUCKETS", "Metrics", "RouteStats", "UpstreamStats", "render"]
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The same bounds as a list of float objects for ``bisect``: compiled, a tuple constant of floats
+# is kept unboxed and boxed again on every use (30 float objects a request, measured).
+_BOUNDS: list[float] = list(BUCKETS)
 _CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 _OPENNESS = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -53,13 +56,13 @@ class RouteStats:
         trace_id: bytes | None = None,
     ) -> None:
         self.status[status // 100 if 0 <= status < 600 else 0] += 1
-        index = bisect_left(BUCKETS, latency)
+        index = bisect_left(_BOUNDS, latency)
         self.latency[index] += 1
         self.latency_sum += latency
         if trace_id is not None:
             self.exemplars[index] = (trace_id, latency)
         if upstream_latency is not None:
-            self.upstream[bisect_left(BUCKETS, upstream_latency)] += 1
+            self.upstream[bisect_left(_BOUNDS, upstream_latency)] += 1
             self.upstream_sum += upstream_latency
 
 

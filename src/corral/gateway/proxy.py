@@ -154,7 +154,26 @@ def _mask(names: tuple[bytes, ...], chosen: Iterable[bytes]) -> int:
     return sum(1 << names.index(name) for name in chosen if name in names)
 
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\r\n]*)?\r\n")
+def _status_of(head: bytes) -> int:
+    """The status code of a response head (``HTTP/1.x NNN[ reason]\\r\\n``), or -1.
+
+    By hand, not a regex: compiled, a few byte compares (a head of 16 bytes or more has an
+    index 12)."""
+    if len(head) < 16 or not head.startswith(b"HTTP/1.") or head[8] != 32:
+        return -1
+    if head[7] not in (48, 49):  # HTTP/1.0 or 1.1
+        return -1
+    hundreds, tens, ones = head[9] - 48, head[10] - 48, head[11] - 48
+    if not (1 <= hundreds <= 9 and 0 <= tens <= 9 and 0 <= ones <= 9) or head[12] not in (32, 13):
+        return -1
+    return hundreds * 100 + tens * 10 + ones
+
+
+def _hex_id(value: int, digits: int) -> bytes:
+    """``value`` as ``digits`` lower-case hex digits (``b"%0*x"`` without the formatter)."""
+    return value.to_bytes(digits // 2, "big").hex().encode()
+
+
 _HOP_BY_HOP = frozenset(
     (
         b"connection",
@@ -1139,7 +1158,7 @@ class ClientConnection(asyncio.Protocol):
             version = out[line_end - 8 : line_end]
             out = method.encode() + b" " + target + b" " + version + out[line_end:]
         # One draw gives the span id and, when the request starts a trace, the trace id too.
-        ids = b"%048x" % gw.rng.getrandbits(192)
+        ids = _hex_id(gw.rng.getrandbits(192), 48)
         if b"traceparent" in values or b"x-b3-traceid" in values or b"b3" in values:
             trace_id, sampled = self._trace(values, ids)
         else:  # nothing to continue: a new trace (``_trace``'s last line, without the call)
@@ -1615,7 +1634,7 @@ class ClientConnection(asyncio.Protocol):
         """Span ids for the recorder: the try's CLIENT span is the id sent in traceparent."""
         self.trace_id = trace_id
         self.try_span = ids[32:]
-        self.server_span = b"%016x" % self.gw.rng.getrandbits(64)
+        self.server_span = _hex_id(self.gw.rng.getrandbits(64), 16)
         parent = values.get(b"traceparent")
         self.parent_span = None
         if parent is not None and len(parent) == 55 and parent[3:35] == trace_id:
@@ -1676,7 +1695,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.tries_log:  # a retry, recorded: it is a new CLIENT span, so a new id upstream
             old = self.try_span
-            self.try_span = b"%016x" % gw.rng.getrandbits(64)
+            self.try_span = _hex_id(gw.rng.getrandbits(64), 16)
             self.out_head = self.out_head.replace(b"-" + old + b"-", b"-" + self.try_span + b"-", 1)
         self.pool = pool
         self.endpoint = endpoint
@@ -2208,11 +2227,10 @@ class UpstreamConnection(asyncio.Protocol):
             head, data = data[: end + 4], data[end + 4 :]
             # Upstream heads are parsed by hand (status line + the few framing headers): the
             # upstream is ours to trust more than a client, and this is the hot path.
-            status_line = _STATUS_LINE.match(head)
-            if status_line is None:
+            status = _status_of(head)
+            if status < 0:
                 client.upstream_failed(self, "sent a malformed response")
                 return
-            status = int(status_line.group(2))
             if status == 101:
                 self.hop = _HOP_NONE
                 if not client.response_head(self, status, head):
@@ -2226,7 +2244,10 @@ class UpstreamConnection(asyncio.Protocol):
                 out.write(head)
                 continue
             if _compiled_scan is not None:
-                values, cutting, repeated = _compiled_scan(head, _RESPONSE_NAMES, *_RESPONSE_MASKS)
+                caseless, single, hop = _RESPONSE_MASKS
+                values, cutting, repeated = _compiled_scan(
+                    head, _RESPONSE_NAMES, caseless, single, hop
+                )
                 if repeated is not None:
                     client.upstream_failed(self, f"sent more than one {repeated.decode()} header")
                     return
@@ -2243,10 +2264,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self.hop = _HOP_KEEP_ALIVE
             else:
                 self.hop = _HOP_CUT
-            if status_line.group(1) == b"0":
-                self.keep_alive = connection is not None and b"keep-alive" in connection.lower()
+            # ``find``, not ``in``: bytes ``in`` tries the argument as an int first and formats
+            # the TypeError it catches (measured: a tenth of a compiled request's instructions).
+            # The value is lower-case already (``_CASELESS``).
+            if head[7] == 48:  # HTTP/1.0
+                self.keep_alive = connection is not None and connection.find(b"keep-alive") >= 0
             else:
-                self.keep_alive = connection is None or b"close" not in connection.lower()
+                self.keep_alive = connection is None or connection.find(b"close") < 0
             length: int | None = None
             if client.method == "HEAD" or status in (204, 304):
                 length = 0
