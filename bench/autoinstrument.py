@@ -8,7 +8,7 @@ SQLite stock, and payments): one started with the environment the agent gives an
 Python service (the bootstrap and the OpenTelemetry site on PYTHONPATH, OTEL_* pointing at a
 real collector process, which stores what it receives), one with the same environment minus the
 injection. Requests alternate between them (an order: POST /api/orders, 4 hops, 2 SQL
-statements, 7 spans), so the machine's noise lands on both alike. Startup time of one Python
+statements, 9 spans), so the machine's noise lands on both alike. Startup time of one Python
 process with and without the bootstrap is printed too.
 """
 
@@ -113,20 +113,39 @@ def _order(conn: http.client.HTTPConnection) -> float:
     started = time.perf_counter()
     conn.request("POST", "/api/orders", body=body, headers={"Content-Type": "application/json"})
     response = conn.getresponse()
-    response.read()
+    answer = response.read()
     elapsed = time.perf_counter() - started
     if response.status != 201:
-        raise SystemExit(f"order failed: {response.status}")
+        raise SystemExit(f"order failed on port {conn.port}: {response.status} {answer[:300]!r}")
     return elapsed * 1000
 
 
-def _cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
-    """User + system CPU of the processes so far (from /proc: robust to a busy machine)."""
-    total = 0.0
-    for proc in procs:
-        times = psutil.Process(proc.pid).cpu_times()
-        total += times.user + times.system
-    return total
+def _cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
+    """User + system CPU so far (from /proc: robust to a busy machine) per service, and
+    ``<service>/bg`` for its long-lived threads other than the main one (the span exporter's:
+    the request threads of ``ThreadingHTTPServer`` are gone between two orders)."""
+    out: dict[str, float] = {}
+    for service, proc in zip(SERVICES, procs, strict=True):
+        process = psutil.Process(proc.pid)
+        times = process.cpu_times()
+        out[service] = times.user + times.system
+        for thread in process.threads():
+            if thread.id != proc.pid:
+                out[f"{service}/bg/{thread.id}"] = thread.user_time + thread.system_time
+    return out
+
+
+def _per_order(before: dict[str, float], after: dict[str, float], orders: int) -> dict[str, float]:
+    """µs of CPU per order: per service, ``<service>/bg`` (threads alive at both samples) and
+    ``total``."""
+    out: dict[str, float] = {}
+    for key, value in after.items():
+        if key not in before:
+            continue
+        name = key.rsplit("/", 1)[0] if "/bg/" in key else key
+        out[name] = out.get(name, 0.0) + (value - before[key]) / orders * 1e6
+    out["total"] = sum(out[service] for service in SERVICES)
+    return out
 
 
 def _startup_ms(env: dict[str, str], runs: int = 10) -> float:
@@ -141,6 +160,12 @@ def _startup_ms(env: dict[str, str], runs: int = 10) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="orders per shop copy")
+    parser.add_argument(
+        "--compare",
+        metavar="BOOTSTRAP_DIR",
+        help="a third copy traced by another bootstrap (e.g. an earlier commit's otel_site, "
+        "from `git archive`), interleaved with the two others: a before/after on one machine",
+    )
     args = parser.parse_args()
     site = find_site()
     if site is None:
@@ -169,27 +194,30 @@ def main() -> None:
             plain_env = dict(otel)
             start_plain = _startup_ms({**os.environ, **plain_env})
             start_traced = _startup_ms({**os.environ, **traced_env})
-            with (
-                _shop(work, "plain", plain_env) as (plain_port, plain_procs),
-                _shop(work, "traced", traced_env) as (traced_port, traced_procs),
-            ):
-                procs = {"plain": plain_procs, "traced": traced_procs}
+            envs = {"plain": plain_env, "traced": traced_env}
+            if args.compare:
+                compared = traced_env["PYTHONPATH"].replace(site.bootstrap, args.compare, 1)
+                envs["compared"] = {**traced_env, "PYTHONPATH": compared}
+            with contextlib.ExitStack() as stack:
+                shops = {n: stack.enter_context(_shop(work, n, e)) for n, e in envs.items()}
+                procs = {name: shop_procs for name, (_, shop_procs) in shops.items()}
                 conns = {
-                    "plain": http.client.HTTPConnection("127.0.0.1", plain_port, timeout=10),
-                    "traced": http.client.HTTPConnection("127.0.0.1", traced_port, timeout=10),
+                    name: http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    for name, (port, _) in shops.items()
                 }
                 for conn in conns.values():  # warm up: imports, first export, sqlite pages
                     for _ in range(50):
                         _order(conn)
-                times: dict[str, list[float]] = {"plain": [], "traced": []}
+                times: dict[str, list[float]] = {name: [] for name in envs}
                 cpu_before = {k: _cpu_seconds(v) for k, v in procs.items()}
+                names = list(envs)
                 for i in range(args.requests):
-                    order = ("plain", "traced") if i % 2 == 0 else ("traced", "plain")
-                    for name in order:
+                    shift = i % len(names)  # each copy first, second, … in turn
+                    for name in names[shift:] + names[:shift]:
                         times[name].append(_order(conns[name]))
                 time.sleep(6)  # the SDK's batch delay: let the last spans go out (and count)
                 cpu = {
-                    k: (_cpu_seconds(v) - cpu_before[k]) / args.requests * 1e6
+                    k: _per_order(cpu_before[k], _cpu_seconds(v), args.requests)
                     for k, v in procs.items()
                 }
                 for conn in conns.values():
@@ -220,9 +248,24 @@ def main() -> None:
         f"{'met' if delta <= 0.5 else 'NOT met'}); ratio {p50['traced'] / p50['plain']:.2f}×"
     )
     print(
-        f"  shop CPU per request (4 processes, export included): {cpu['plain']:.0f} µs plain, "
-        f"{cpu['traced']:.0f} µs traced ({cpu['traced'] - cpu['plain']:+.0f} µs)"
+        f"  shop CPU per request (4 processes, export included): {cpu['plain']['total']:.0f} µs "
+        f"plain, {cpu['traced']['total']:.0f} µs traced "
+        f"({cpu['traced']['total'] - cpu['plain']['total']:+.0f} µs)"
     )
+    for service in SERVICES:
+        plain, traced = cpu["plain"][service], cpu["traced"][service]
+        background = cpu["traced"].get(f"{service}/bg", 0.0)
+        print(
+            f"    {service:9s} {plain:5.0f} → {traced:5.0f} µs ({traced - plain:+4.0f}; "
+            f"export thread {background:3.0f})"
+        )
+    if "compared" in cpu:
+        extra = p50["compared"] - p50["plain"]
+        print(
+            f"  compared ({args.compare}): p50 {p50['compared']:.3f} ms ({extra:+.3f} ms), "
+            f"CPU {cpu['compared']['total']:.0f} µs per request "
+            f"({cpu['compared']['total'] - cpu['plain']['total']:+.0f} µs)"
+        )
     print(f"  services seen by the collector: {', '.join(sorted(spans))}")
     print(
         f"python start-up (-c pass): {start_plain:.0f} ms plain, {start_traced:.0f} ms with "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import http.server
+import importlib
 import signal
 import socket
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,10 +222,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _seconds_to_stop(port: int) -> float:
+def _seconds_to_stop(port: int, **extra_env: str) -> float:
     site = find_site()
     assert site is not None
     env = {
+        **extra_env,
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": f"{site.bootstrap}:{site.packages}",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
@@ -262,3 +266,173 @@ def test_a_traced_app_told_to_stop_still_sends_its_queued_spans() -> None:
         server.server_close()
         thread.join()
     assert _Collector.posts and b"SELECT 1" in b"".join(_Collector.posts)
+
+
+def _bootstrap_module() -> Any:
+    """``_corral_otel``, the module apps load, from its own directory."""
+    sys.path.insert(0, str(BOOTSTRAP_DIR))
+    try:
+        return importlib.import_module("_corral_otel")
+    finally:
+        sys.path.remove(str(BOOTSTRAP_DIR))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        " \t00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\t",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-01",
+        "00-+af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "garbage",
+        "",
+    ],
+)
+def test_a_callers_traceparent_is_taken_or_refused_as_upstreams_propagator_does(
+    header: str,
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    upstream = trace.get_current_span(
+        TraceContextTextMapPropagator().extract({"traceparent": header})
+    ).get_span_context()
+    ours = _bootstrap_module().parse_traceparent(header)
+    if not upstream.is_valid:
+        assert ours is None
+    else:
+        assert ours == (upstream.trace_id, upstream.span_id, int(upstream.trace_flags))
+
+
+# A traced service that calls another with urllib for every request it serves.
+RELAY_APP = """
+import os, sys, urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+downstream = sys.argv[1]
+class Relay(BaseHTTPRequestHandler):
+    def do_GET(self):
+        urllib.request.urlopen(downstream, timeout=10).read()
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = HTTPServer(("127.0.0.1", 0), Relay)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+class _Downstream(http.server.BaseHTTPRequestHandler):
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append({k.lower(): v for k, v in self.headers.items()})
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@needs_site
+def test_a_traced_service_carries_its_callers_trace_and_tracestate_to_the_services_it_calls() -> (
+    None
+):
+    site = find_site()
+    assert site is not None
+    _Downstream.seen = []
+    downstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Downstream)
+    thread = threading.Thread(target=downstream.serve_forever, daemon=True)
+    thread.start()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{site.bootstrap}:{site.packages}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{_free_port()}",
+        "OTEL_SERVICE_NAME": "relay",
+    }
+    url = f"http://127.0.0.1:{downstream.server_address[1]}/next"
+    relay = subprocess.Popen(
+        [sys.executable, "-c", RELAY_APP, url], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert relay.stdout is not None
+        port = int(relay.stdout.readline())
+        caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        for headers in ({"traceparent": caller, "tracestate": "shop=1,corral=x"}, {}):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/relay", headers=headers)
+            assert conn.getresponse().status == 204
+            conn.close()
+    finally:
+        relay.kill()
+        relay.wait()
+        downstream.shutdown()
+        downstream.server_close()
+        thread.join()
+    continued, root = _Downstream.seen
+    version, trace_id, span_id, flags = continued["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", "0af7651916cd43dd8448eb211c80319c", "01")
+    assert span_id != "b7ad6b7169203331"  # the relay's own client span, a child of the caller's
+    assert continued["tracestate"] == "shop=1,corral=x"
+    # No caller's trace: the relay starts one, and its outgoing call carries it.
+    assert root["traceparent"].split("-")[1] != trace_id and "tracestate" not in root
+
+
+@needs_site
+def test_a_full_batch_of_spans_goes_out_without_waiting_for_the_schedule_delay() -> None:
+    site = find_site()
+    assert site is not None
+    _Collector.posts = []
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=collector.serve_forever, daemon=True)
+    thread.start()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"{site.bootstrap}:{site.packages}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
+        "OTEL_SERVICE_NAME": "batcher",
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "3",
+    }
+    app = subprocess.Popen(
+        [sys.executable, "-c", STOPPABLE_APP], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert app.stdout is not None and app.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 10
+        while not _Collector.posts and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _Collector.posts, "3 spans (a whole batch) were not sent while the app ran"
+        assert app.poll() is None
+        assert b"".join(_Collector.posts).count(b"SELECT 1") == 3
+    finally:
+        app.kill()
+        app.wait()
+        collector.shutdown()
+        collector.server_close()
+        thread.join()
+
+
+@needs_site
+@pytest.mark.parametrize(("sampler", "traced"), [("always_off", False), ("traceidratio", True)])
+def test_an_app_that_chose_its_own_sampler_keeps_its_choice(sampler: str, traced: bool) -> None:
+    _Collector.posts = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        _seconds_to_stop(port, OTEL_TRACES_SAMPLER=sampler, OTEL_TRACES_SAMPLER_ARG="1.0")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert (b"SELECT 1" in b"".join(_Collector.posts)) is traced

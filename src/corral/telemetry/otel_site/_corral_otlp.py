@@ -101,24 +101,60 @@ def _attributes(number: int, attributes: Mapping[str, Any] | None) -> bytes:
     )
 
 
+# A span's attributes, field 9, by (key, type, value): the same method, path, port, statement
+# and status come back span after span (the type: True == 1 must not share an encoding).
+_SPAN_ATTRIBUTES: dict[tuple[str, type, Any], bytes] = {}
+_CACHED_TYPES = (str, int, bool)
+
+
+def _span_attributes(attributes: Mapping[str, Any]) -> bytes:
+    out = []
+    for key, value in attributes.items():
+        kind = type(value)
+        if kind not in _CACHED_TYPES:
+            out.append(_field(9, _key(key) + _field(2, _any_value(value))))
+            continue
+        cache_key = (key, kind, value)
+        encoded = _SPAN_ATTRIBUTES.get(cache_key)
+        if encoded is None:
+            encoded = _field(9, _key(key) + _field(2, _any_value(value)))
+            if len(_SPAN_ATTRIBUTES) < 8192 and len(encoded) < 512:  # bounded, small values
+                _SPAN_ATTRIBUTES[cache_key] = encoded
+        out.append(encoded)
+    return b"".join(out)
+
+
+_KINDS: dict[Any, bytes] = {}
+_UNSET_STATUS = _field(15, b"")  # always sent, even empty, as the upstream encoder does
+# Field 16 (fixed32): only HAS_IS_REMOTE and IS_REMOTE, as the upstream encoder sets them.
+_FLAGS_LOCAL = b"\x85\x01" + _FIXED32.pack(0x100)
+_FLAGS_REMOTE = b"\x85\x01" + _FIXED32.pack(0x300)
+_pack64 = _FIXED64.pack
+
+
 def _span(span: Any) -> bytes:
-    """One ``Span`` message from an SDK ``ReadableSpan``."""
+    """One ``Span`` message from an SDK ``ReadableSpan`` (or a lean span: the same fields)."""
     ctx = span.context
     parent = span.parent
+    # Fields 1 and 2, ids of fixed size: the tag and length bytes are constants.
     parts = [
-        _field(1, ctx.trace_id.to_bytes(16, "big")),
-        _field(2, ctx.span_id.to_bytes(8, "big")),
+        b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"),
+        b"\x12\x08" + ctx.span_id.to_bytes(8, "big"),
     ]
     state = ctx.trace_state.to_header() if ctx.trace_state else ""
     if state:
         parts.append(_text(3, state))
     if parent is not None:
-        parts.append(_field(4, parent.span_id.to_bytes(8, "big")))
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
     parts.append(_text(5, span.name))
-    parts.append(b"\x30" + _varint(span.kind.value + 1))  # the SDK's kinds count from 0
-    parts.append(_fixed64(7, span.start_time or 0))
-    parts.append(_fixed64(8, span.end_time or 0))
-    parts.append(_attributes(9, span.attributes))
+    kind = _KINDS.get(span.kind)
+    if kind is None:
+        kind = _KINDS[span.kind] = b"\x30" + _varint(span.kind.value + 1)  # SDK's count from 0
+    parts.append(kind)
+    parts.append(b"\x39" + _pack64((span.start_time or 0) & 0xFFFFFFFFFFFFFFFF))  # 7, fixed64
+    parts.append(b"\x41" + _pack64((span.end_time or 0) & 0xFFFFFFFFFFFFFFFF))  # 8, fixed64
+    if span.attributes:
+        parts.append(_span_attributes(span.attributes))
     if span.dropped_attributes:
         parts.append(b"\x50" + _varint(span.dropped_attributes))
     for event in span.events:
@@ -132,13 +168,14 @@ def _span(span: Any) -> bytes:
         parts.append(_field(13, body + b"\x35" + _FIXED32.pack(link_flags)))  # 6, fixed32
     status = span.status
     code = status.status_code.value
-    body = _text(2, status.description or "")
-    if code:
-        body += b"\x18" + _varint(code)
-    parts.append(_field(15, body))  # always, even empty, as the upstream encoder does
-    # Only HAS_IS_REMOTE and IS_REMOTE, as the upstream encoder sets them.
-    flags = 0x300 if parent is not None and parent.is_remote else 0x100
-    parts.append(b"\x85\x01" + _FIXED32.pack(flags))  # field 16, wire type 5
+    if code or status.description:
+        body = _text(2, status.description or "")
+        if code:
+            body += b"\x18" + _varint(code)
+        parts.append(_field(15, body))
+    else:
+        parts.append(_UNSET_STATUS)
+    parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL)
     return b"".join(parts)
 
 
@@ -182,7 +219,7 @@ class Exporter:
     """Posts each batch to the collector over one kept-alive connection; a batch that still
     fails after the retries is dropped (each kind of failure said once on stderr), so a
     collector that is down never piles spans up in the app beyond the processor's bounded
-    queue. Used by the SDK's ``BatchSpanProcessor`` from its own thread.
+    queue. Used by ``_corral_batch.BatchProcessor`` from its own thread.
 
     Once the app exits (``stop``, run at exit before the SDK's shutdown joins the processor's
     thread), a failed post is not retried and every post after ``STOP_GRACE_S`` is skipped:
