@@ -33,7 +33,18 @@ __all__ = ["COMPILED", "EXTENSIONS", "OVERLAY", "current_manifest", "use_compile
 # and the collector's ingest path (bench/telemetry.py), where users pay the interpreter per
 # request or per span.
 COMPILED: dict[str, tuple[str, ...]] = {
-    "corral.gateway": ("proxy", "lb", "router", "metrics", "framing", "outlier", "retry"),
+    "corral.gateway": (
+        "proxy",
+        "lb",
+        "router",
+        "metrics",
+        "framing",
+        "outlier",
+        "retry",
+        "policies",
+        "ratelimit",
+        "shed",
+    ),  # not breaker: ``python -m corral.gateway.breaker`` writes docs/breaker.md
     "corral.telemetry": ("normalize", "rollup"),
 }
 # Package → C extensions of it (``<name>.c`` beside the sources), built into the same overlay.

@@ -81,6 +81,17 @@ def test_compiled_scan_keeps_the_case_of_a_request_id_and_lowers_the_host() -> N
 
 
 @needs_build
+def test_compiled_scan_never_writes_to_shared_one_byte_objects() -> None:
+    # CPython shares its one-byte bytes objects; lower-casing one in place would turn every
+    # b"A" in the process into b"a".
+    assert scan is not None
+    head = b"GET / HTTP/1.1\r\nHost: A\r\nConnection: K\r\n\r\n"
+    values, _, _ = scan(head, proxy._REQUEST_NAMES, *proxy._REQUEST_MASKS[:3])
+    assert values[b"host"] == b"a" and values[b"connection"] == b"k"
+    assert bytes([65]) == b"A" and b"AK"[:1] == b"A" and b"K".lower() == b"k"
+
+
+@needs_build
 def test_compiled_scan_reports_a_repeated_content_length() -> None:
     assert scan is not None
     head = b"POST / HTTP/1.1\r\nContent-Length: 1\r\ncontent-length: 2\r\n\r\n"

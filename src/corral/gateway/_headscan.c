@@ -115,16 +115,24 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 while (stop > start && is_space((unsigned char)p[stop - 1])) {
                     stop--;
                 }
-                PyObject *value = PyBytes_FromStringAndSize(p + start, stop - start);
+                PyObject *value;
+                if ((caseless & bit) && stop > start) {
+                    /* Lower-cased while copied into an object made empty for it: with a NULL
+                     * source CPython never hands out one of its shared one-byte objects, which
+                     * must never be written to. */
+                    value = PyBytes_FromStringAndSize(NULL, stop - start);
+                    if (value != NULL) {
+                        char *v = PyBytes_AS_STRING(value);
+                        for (Py_ssize_t j = 0; j < stop - start; j++) {
+                            v[j] = (char)lower((unsigned char)p[start + j]);
+                        }
+                    }
+                } else {
+                    value = PyBytes_FromStringAndSize(p + start, stop - start);
+                }
                 if (value == NULL) {
                     Py_DECREF(values);
                     return NULL;
-                }
-                if (caseless & bit) {  /* a new object nobody else holds yet */
-                    char *v = PyBytes_AS_STRING(value);
-                    for (Py_ssize_t j = 0; j < stop - start; j++) {
-                        v[j] = (char)lower((unsigned char)v[j]);
-                    }
                 }
                 PyObject *old = PyDict_GetItemWithError(values, name);  /* borrowed */
                 if (old == NULL && PyErr_Occurred()) {
