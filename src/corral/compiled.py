@@ -44,7 +44,8 @@ COMPILED: dict[str, tuple[str, ...]] = {
         "policies",
         "ratelimit",
         "shed",
-    ),  # not breaker: ``python -m corral.gateway.breaker`` writes docs/breaker.md
+        "breaker",
+    ),
     "corral.telemetry": ("normalize", "rollup"),
 }
 # Package → C extensions of it (``<name>.c`` beside the sources), built into the same overlay.

@@ -131,10 +131,10 @@ def test_an_event_the_table_forbids_is_refused_with_a_hint() -> None:
 
 def test_docs_breaker_md_is_generated_from_the_table() -> None:
     assert DOC.read_text() == render_markdown(), (
-        "docs/breaker.md is stale: run `python -m corral.gateway.breaker > docs/breaker.md`"
+        "docs/breaker.md is stale: run `python -m corral.gateway.breaker_doc > docs/breaker.md`"
     )
     out = subprocess.run(
-        [sys.executable, "-m", "corral.gateway.breaker"],
+        [sys.executable, "-m", "corral.gateway.breaker_doc"],
         capture_output=True,
         text=True,
         check=True,

@@ -40,7 +40,7 @@ seen through ``RequestView``; the proxy-specific parts (sockets, bytes to client
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from random import Random
 from typing import Any
 
@@ -89,45 +89,87 @@ _REASONS = {200: b"OK", 429: b"Too Many Requests", 503: b"Service Unavailable"}
 _HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"content-length"))
 
 
-@dataclass(slots=True)
 class RequestView:
-    """What the policies read of a request (lookups are lazy: unused headers cost nothing)."""
+    """What the policies read of a request (lookups are lazy: unused headers cost nothing).
 
-    method: str
-    host: str
-    path: str
-    query: str
-    client_ip: str
-    header: Lookup
-    cookie: Lookup
-    params: Mapping[str, str]
+    A plain class, not a dataclass: one is made per guarded request, and a dataclass's
+    generated ``__init__`` stays interpreted even where this module is compiled."""
+
+    __slots__ = ("client_ip", "cookie", "header", "host", "method", "params", "path", "query")
+
+    def __init__(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: str,
+        client_ip: str,
+        header: Lookup,
+        cookie: Lookup,
+        params: Mapping[str, str],
+    ) -> None:
+        self.method = method
+        self.host = host
+        self.path = path
+        self.query = query
+        self.client_ip = client_ip
+        self.header = header
+        self.cookie = cookie
+        self.params = params
 
 
-@dataclass(slots=True)
 class Guard:
-    """One guarded request's admission state, held by its client connection."""
+    """One guarded request's admission state, held by its client connection (a plain class,
+    like ``RequestView``, for a compiled ``__init__``)."""
 
-    rt: RouteRuntime
-    owner: Any
-    request: RequestView
-    started: float
-    status: int = 0  # REFUSE: the status to answer
-    message: str = ""
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to the response
-    entry: CachedResponse | None = None  # HIT: the entry to serve
-    fallback: Fallback | None = None  # REFUSE with a fallback to serve instead
-    slots: list[ConcurrencyLimiter] = field(default_factory=list)
-    waiting: tuple[ConcurrencyLimiter, int] | None = None
-    stage: int = 0  # the next concurrency limiter to acquire
-    shed_counted: bool = False
-    cacheable: bool = False  # capture the response and offer it to the cache
-    breaker: CircuitBreaker | None = None
-    breaker_key: tuple[str, str] = ("", "")
-    cluster: str = ""
-    finished: bool = False
-    degrade: bool = False  # refused by an open breaker: stale cache or fallback may answer
-    updating: bool = False  # HIT on a stale entry (stale-while-revalidate)
-    refresh: bool = False  # …and this request should start its background refresh
+    __slots__ = (
+        "breaker",
+        "breaker_key",
+        "cacheable",
+        "cluster",
+        "degrade",
+        "entry",
+        "fallback",
+        "finished",
+        "headers",
+        "message",
+        "owner",
+        "refresh",
+        "request",
+        "rt",
+        "shed_counted",
+        "slots",
+        "stage",
+        "started",
+        "status",
+        "updating",
+        "waiting",
+    )
+
+    def __init__(
+        self, rt: RouteRuntime, owner: Any, request: RequestView, started: float, cluster: str = ""
+    ) -> None:
+        self.rt = rt
+        self.owner = owner
+        self.request = request
+        self.started = started
+        self.status = 0  # REFUSE: the status to answer
+        self.message = ""
+        self.headers: list[tuple[bytes, bytes]] = []  # added to the response
+        self.entry: CachedResponse | None = None  # HIT: the entry to serve
+        self.fallback: Fallback | None = None  # REFUSE with a fallback to serve instead
+        self.slots: list[ConcurrencyLimiter] = []
+        self.waiting: tuple[ConcurrencyLimiter, int] | None = None
+        self.stage = 0  # the next concurrency limiter to acquire
+        self.shed_counted = False
+        self.cacheable = False  # capture the response and offer it to the cache
+        self.breaker: CircuitBreaker | None = None
+        self.breaker_key: tuple[str, str] = ("", "")
+        self.cluster = cluster
+        self.finished = False
+        self.degrade = False  # refused by an open breaker: stale cache or fallback may answer
+        self.updating = False  # HIT on a stale entry (stale-while-revalidate)
+        self.refresh = False  # …and this request should start its background refresh
 
     @property
     def kind(self) -> int:
