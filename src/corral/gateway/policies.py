@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from random import Random
-from typing import Any
+from typing import Any, Final
 
 from corral.gateway.breaker import BreakerSettings, CircuitBreaker, Transition
 from corral.gateway.cache import CachedResponse, ResponseCache, request_bypasses_cache
@@ -83,7 +83,10 @@ __all__ = [
 ]
 
 Lookup = Callable[[str], "str | None"]
-GO, REFUSE, HIT, WAIT = 0, 1, 2, 3
+GO: Final = 0
+REFUSE: Final = 1
+HIT: Final = 2
+WAIT: Final = 3
 
 _REASONS = {200: b"OK", 429: b"Too Many Requests", 503: b"Service Unavailable"}
 _HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"content-length"))

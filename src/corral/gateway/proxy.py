@@ -46,7 +46,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from random import Random
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 
@@ -81,27 +81,45 @@ from corral.gateway.retry import IDEMPOTENT, RETRYABLE_STATUS, RetryBudget
 from corral.gateway.router import Cluster, CompiledRoute, Mirror, RouteMatch, RouteTable
 from corral.gateway.spans import Recorder
 
-_compiled_scan: Callable[..., tuple[dict[bytes, bytes], bool, bytes | None]] | None
-try:  # built by scripts/build_compiled.py; the regex scan below does the same without it
-    from corral.gateway._headscan import scan as _compiled_scan
-except ImportError:
-    _compiled_scan = None
+
+def _load_compiled_scan() -> Callable[..., tuple[dict[bytes, bytes], bool, bytes | None]] | None:
+    """The compiled header scan, built by scripts/build_compiled.py; without it the regex scan
+    below does the same."""
+    try:
+        from corral.gateway._headscan import scan
+    except ImportError:
+        return None
+    return scan
+
+
+_compiled_scan: Final = _load_compiled_scan()
 
 __all__ = ["SWEEP_SECONDS", "ClientConnection", "Gateway", "Pool", "UpstreamConnection"]
 
 log = logging.getLogger("corral.gateway")
 
-SWEEP_SECONDS = 0.25
+SWEEP_SECONDS: Final = 0.25
 MAX_IDLE_PER_ENDPOINT = 256
-MAX_RESPONSE_HEAD = 64 * 1024
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 MAX_SIDE_RESPONSE = 16 << 20  # a mirror's answer larger than this is cut off
 
-_HEAD, _BODY, _WAIT, _TUNNEL, _CLOSED, _PARKED = 0, 1, 2, 3, 4, 5
+_HEAD: Final = 0
+_BODY: Final = 1
+_WAIT: Final = 2
+_TUNNEL: Final = 3
+_CLOSED: Final = 4
+_PARKED: Final = 5
 # Deadline kinds of a client connection.
-_D_NONE, _D_IDLE, _D_HEADERS, _D_UPSTREAM = 0, 1, 2, 3
-_READ_BACKLOG, _READ_UPSTREAM = 1, 2  # why a client's reading is paused (bit flags)
+_D_NONE: Final = 0
+_D_IDLE: Final = 1
+_D_HEADERS: Final = 2
+_D_UPSTREAM: Final = 3
+# Why a client's reading is paused (bit flags). Module constants are ``Final`` throughout: a
+# compiled module reads a non-final global from its dict on every use.
+_READ_BACKLOG: Final = 1
+_READ_UPSTREAM: Final = 2
 
-_REASONS = {
+_REASONS: Final = {
     400: b"Bad Request",
     404: b"Not Found",
     405: b"Method Not Allowed",
@@ -119,16 +137,16 @@ _REASONS = {
 
 # One regex pass finds every request header the proxy reads or replaces: per-header Python
 # work is the main cost here, and one C-level scan beats a bytes.find per name (measured).
-_REQUEST_SCAN = re.compile(
+_REQUEST_SCAN: Final = re.compile(
     rb"\r\n(host|content-length|transfer-encoding|connection|keep-alive|proxy-connection|te"
     rb"|trailer|upgrade|x-forwarded-for|x-forwarded-proto|x-forwarded-host|traceparent"
     rb"|x-request-id|b3|x-b3-traceid)[ \t]*:[ \t]*([^\r\n]*)"
 )
-_RESPONSE_SCAN = re.compile(
+_RESPONSE_SCAN: Final = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|keep-alive)[ \t]*:[ \t]*([^\r\n]*)"
 )
 # The same scan compiled (``_headscan.c``): the names as a tuple, the sets as bit masks over it.
-_REQUEST_NAMES = (
+_REQUEST_NAMES: Final = (
     b"host",
     b"content-length",
     b"transfer-encoding",
@@ -146,8 +164,8 @@ _REQUEST_NAMES = (
     b"b3",
     b"x-b3-traceid",
 )
-_RESPONSE_NAMES = (b"content-length", b"transfer-encoding", b"connection", b"keep-alive")
-_CASELESS = frozenset((b"host", b"traceparent", b"transfer-encoding", b"connection"))
+_RESPONSE_NAMES: Final = (b"content-length", b"transfer-encoding", b"connection", b"keep-alive")
+_CASELESS: Final = frozenset((b"host", b"traceparent", b"transfer-encoding", b"connection"))
 
 
 def _mask(names: tuple[bytes, ...], chosen: Iterable[bytes]) -> int:
@@ -174,7 +192,7 @@ def _hex_id(value: int, digits: int) -> bytes:
     return value.to_bytes(digits // 2, "big").hex().encode()
 
 
-_HOP_BY_HOP = frozenset(
+_HOP_BY_HOP: Final = frozenset(
     (
         b"connection",
         b"keep-alive",
@@ -188,22 +206,24 @@ _HOP_BY_HOP = frozenset(
         b"traceparent",
     )
 )
-_HOP_BY_HOP_UPGRADE = _HOP_BY_HOP - {b"connection", b"upgrade"}
-_RESPONSE_HOP = frozenset((b"connection", b"keep-alive"))
+_HOP_BY_HOP_UPGRADE: Final = _HOP_BY_HOP - {b"connection", b"upgrade"}
+_RESPONSE_HOP: Final = frozenset((b"connection", b"keep-alive"))
 # What a response head's hop-by-hop lines need. A lone "Connection: keep-alive" (what nginx and
 # most servers send) is left in when the client's connection stays open too: it says the same
 # thing on the client's hop, and not cutting it saves a second scan of every response head.
-_HOP_NONE, _HOP_KEEP_ALIVE, _HOP_CUT = 0, 1, 2
-_SINGLE = frozenset((b"host", b"content-length", b"transfer-encoding"))
+_HOP_NONE: Final = 0
+_HOP_KEEP_ALIVE: Final = 1
+_HOP_CUT: Final = 2
+_SINGLE: Final = frozenset((b"host", b"content-length", b"transfer-encoding"))
 
 
-_REQUEST_MASKS = (
+_REQUEST_MASKS: Final = (
     _mask(_REQUEST_NAMES, _CASELESS),
     _mask(_REQUEST_NAMES, _SINGLE),
     _mask(_REQUEST_NAMES, _HOP_BY_HOP),
     _mask(_REQUEST_NAMES, _HOP_BY_HOP_UPGRADE),
 )
-_RESPONSE_MASKS = (
+_RESPONSE_MASKS: Final = (
     _mask(_RESPONSE_NAMES, _CASELESS),
     _mask(_RESPONSE_NAMES, _SINGLE),
     _mask(_RESPONSE_NAMES, _RESPONSE_HOP),
@@ -215,7 +235,7 @@ class _BadHead(Exception):
 
 
 # The framing of a request without a body. Shared: a finished framer is never fed again.
-_NO_BODY = BodyFramer(0)
+_NO_BODY: Final = BodyFramer(0)
 
 
 def _scan(

@@ -23,11 +23,12 @@ already tried).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 __all__ = ["IDEMPOTENT", "RETRYABLE_STATUS", "RetryBudget", "may_retry"]
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-RETRYABLE_STATUS = frozenset({502, 503, 504})
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+RETRYABLE_STATUS: Final = frozenset({502, 503, 504})
 
 
 def may_retry(method: str, route_retryable: bool, status: int | None) -> bool:
