@@ -359,12 +359,14 @@ class Pool:
         self.next_refresh = math.inf
         self.idle: dict[str, list[UpstreamConnection]] = {}
         self.hash_on = cluster.lb.hash_on
+        self.ewma = cluster.lb.policy == "ewma"  # read per try: a plain attribute
         self.refresh(now)
 
     def reconfigure(self, cluster: Cluster, now: float) -> None:
         if cluster.lb != self.cluster.lb:
             self.picker = make_picker(cluster.lb.policy, cluster.lb.bounded_load)
             self.hash_on = cluster.lb.hash_on
+            self.ewma = cluster.lb.policy == "ewma"
         if cluster.outlier != self.cluster.outlier:
             self.outlier.config = cluster.outlier
         self.cluster = cluster
@@ -474,6 +476,13 @@ class Gateway:
         self.recorder: Recorder | None = None
         self._load_at = (0.0, 0.0)  # (loop time, process CPU time) of the last load sample
         self.limits = limits or Limits()
+        # The limits read on every request, as plain attributes: each read of a (frozen)
+        # pydantic model's field is a type lookup and a dict lookup.
+        self.max_header_bytes: int = self.limits.max_header_bytes
+        self.max_body_bytes: int = self.limits.max_body_bytes
+        self.header_timeout: float = self.limits.header_timeout
+        self.idle_timeout: float = self.limits.idle_timeout
+        self.retry_buffer_bytes: int = self.limits.retry_buffer_bytes
         self.rng = rng
         self.scheme = scheme.encode()
         # The constant middle of the lines every request gets, joined once.
@@ -913,7 +922,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
-        self._set_deadline(_D_HEADERS, gw.limits.header_timeout)
+        self._set_deadline(_D_HEADERS, gw.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
@@ -950,7 +959,7 @@ class ClientConnection(asyncio.Protocol):
         buf = self.buf
         if not buf and self.state == _HEAD and data.endswith(b"\r\n\r\n"):
             end = data.find(b"\r\n\r\n")
-            if end == len(data) - 4 and end + 4 <= self.gw.limits.max_header_bytes:
+            if end == len(data) - 4 and end + 4 <= self.gw.max_header_bytes:
                 # The common case, one whole head with no body: no copy into the buffer.
                 self._processing = True
                 try:
@@ -1029,12 +1038,12 @@ class ClientConnection(asyncio.Protocol):
                     del buf[:2]
                     continue
                 end = buf.find(b"\r\n\r\n")
-                limit = self.gw.limits.max_header_bytes
+                limit = self.gw.max_header_bytes
                 if end < 0:
                     if len(buf) > limit:
                         self._fail(431, "request head too large")
                     elif self.deadline_kind != _D_HEADERS:
-                        self._set_deadline(_D_HEADERS, self.gw.limits.header_timeout)
+                        self._set_deadline(_D_HEADERS, self.gw.header_timeout)
                     return
                 if end + 4 > limit:
                     self._fail(431, "request head too large")
@@ -1052,7 +1061,7 @@ class ClientConnection(asyncio.Protocol):
                 except FramingError as error:
                     self._fail(400, f"malformed body: {error}")
                     return
-                if framer.body_bytes > self.gw.limits.max_body_bytes:
+                if framer.body_bytes > self.gw.max_body_bytes:
                     self._fail(413, "request body too large")
                     return
                 if n:
@@ -1069,7 +1078,7 @@ class ClientConnection(asyncio.Protocol):
                 if self.special:
                     self._body_done()
             else:
-                backlog = len(buf) > self.gw.limits.max_header_bytes
+                backlog = len(buf) > self.gw.max_header_bytes
                 if backlog and state in (_WAIT, _PARKED):
                     self._pause_reading(_READ_BACKLOG)
                 return
@@ -1137,7 +1146,7 @@ class ClientConnection(asyncio.Protocol):
             self.framer = BodyFramer(chunked=True)
         elif cl is not None and cl != b"0":
             length = int(cl)
-            if length > gw.limits.max_body_bytes:
+            if length > gw.max_body_bytes:
                 self._fail(413, "request body too large")
                 return
             self.framer = BodyFramer(length)
@@ -1726,7 +1735,7 @@ class ClientConnection(asyncio.Protocol):
         self.try_started = gw.loop.time()
         self.pending = []
         first = self.out_head
-        body = self.kept if self.kept and self.kept_size <= gw.limits.retry_buffer_bytes else None
+        body = self.kept if self.kept and self.kept_size <= gw.retry_buffer_bytes else None
         conn = pool.take_idle(endpoint)
         self.deadline_kind = _D_UPSTREAM
         if conn is not None:
@@ -1795,7 +1804,7 @@ class ClientConnection(asyncio.Protocol):
         if self.kept is not None:
             self.kept.append(chunk)
             self.kept_size += len(chunk)
-            if self.kept_size > self.gw.limits.retry_buffer_bytes:
+            if self.kept_size > self.gw.retry_buffer_bytes:
                 self.kept = None  # too big to replay: no retries for this request
         copy = self.mirror_body
         if copy is not None:
@@ -1994,7 +2003,7 @@ class ClientConnection(asyncio.Protocol):
         if endpoint is not None:
             endpoint.active -= 1
             self.endpoint = None
-            if pool is not None and pool.cluster.lb.policy == "ewma":
+            if pool is not None and pool.ewma:
                 if latency is None:
                     latency = gw.loop.time() - self.try_started
                 endpoint.observe(latency, gw.now)
@@ -2031,11 +2040,11 @@ class ClientConnection(asyncio.Protocol):
         if self.read_paused & _READ_BACKLOG:
             self._resume_reading(_READ_BACKLOG)
         if self.buf:
-            self._set_deadline(_D_HEADERS, self.gw.limits.header_timeout)
+            self._set_deadline(_D_HEADERS, self.gw.header_timeout)
             self._run()
         else:
             self.deadline_kind = _D_IDLE
-            self.deadline = self.gw.now + self.gw.limits.idle_timeout
+            self.deadline = self.gw.now + self.gw.idle_timeout
 
     # --- errors, deadlines, closing -------------------------------------------------------
 
