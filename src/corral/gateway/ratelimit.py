@@ -65,7 +65,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 __all__ = [
     "MISSING_KEY",
@@ -239,16 +239,18 @@ class TokenBucket:
         return Decision(False, int(self.burst), int(tokens), reset, wait)
 
 
+# Sliding-window sketch cells hold window_number * _TAG + count, so a max keeps the newest
+# window's count; window numbers count from the first request, which keeps the product exact
+# in a float. (A module constant: a compiled class cannot hold this as a class attribute.)
+_TAG: Final = float(1 << 21)
+
+
 class SlidingWindow:
     """Sliding-window counters per key: at most ``limit`` per ``window`` seconds (see the
     module docstring for the approximation). State per key is ``[window_start, prev, curr]``;
     an evicted key's current-window count goes to the sketch, tagged by its window number."""
 
     __slots__ = ("_epoch", "_keys", "_sketch", "limit", "max_keys", "window")
-
-    # Sketch cells hold window_number * _TAG + count, so a max keeps the newest window's count;
-    # window numbers count from the first request, which keeps the product exact in a float.
-    _TAG = float(1 << 21)
 
     def __init__(
         self, limit: float, window: float, max_keys: int = 100_000, sketch_width: int = 4096
@@ -280,7 +282,7 @@ class SlidingWindow:
         state = [self._epoch + number * self.window, 0.0, 0.0]
         packed = self._sketch.recall(key)
         if packed >= 0:
-            at, count = divmod(packed, self._TAG)
+            at, count = divmod(packed, _TAG)
             if at == number:
                 state[2] = count
             elif at == number - 1:
@@ -290,8 +292,8 @@ class SlidingWindow:
             self._roll(old, now)
             if old[2] > 0:
                 old_number = round((old[0] - self._epoch) / self.window)
-                count = min(old[2], self._TAG - 1)
-                self._sketch.remember(old_key, old_number * self._TAG + count)
+                count = min(old[2], _TAG - 1)
+                self._sketch.remember(old_key, old_number * _TAG + count)
         self._keys[key] = state
         return state
 
