@@ -91,7 +91,10 @@ def use_compiled(package: str, path: list[str]) -> bool:
     if recorded is None:
         return False
     compiler = recorded.get("compiler")
-    if not isinstance(compiler, str) or recorded != current_manifest(compiler):
+    try:
+        if not isinstance(compiler, str) or recorded != current_manifest(compiler):
+            return False
+    except OSError:  # a source the build was made from is not here (not an editable install)
         return False
     folder = OVERLAY.joinpath(*package.split("."))
     if not folder.is_dir():
