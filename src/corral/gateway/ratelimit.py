@@ -65,7 +65,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, NamedTuple
+from typing import Final, Literal
 
 __all__ = [
     "MISSING_KEY",
@@ -84,15 +84,27 @@ MISSING_KEY = "-"
 Lookup = Callable[[str], "str | None"]
 
 
-class Decision(NamedTuple):
-    """One rate-limit decision; the proxy answers 429 when ``allowed`` is False (a tuple:
-    built per request, it costs a third of a frozen dataclass)."""
+class Decision:
+    """One rate-limit decision; the proxy answers 429 when ``allowed`` is False. A plain slotted
+    class: one is made per request, and where this module is compiled its ``__init__`` is native
+    (a NamedTuple's or a dataclass's generated constructor stays interpreted)."""
 
-    allowed: bool
-    limit: int
-    remaining: int
-    reset: float
-    retry_after: float = 0.0
+    __slots__ = ("allowed", "limit", "remaining", "reset", "retry_after")
+
+    def __init__(
+        self, allowed: bool, limit: int, remaining: int, reset: float, retry_after: float = 0.0
+    ) -> None:
+        self.allowed = allowed
+        self.limit = limit
+        self.remaining = remaining
+        self.reset = reset
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
+            f"reset={self.reset}, retry_after={self.retry_after})"
+        )
 
 
 def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
