@@ -132,7 +132,11 @@ async def test_failing_service_alerts_a_webhook_and_resolves_when_fixed(tmp_path
         ).output
         assert "release" in shown and "crash" in shown and "flaky" in shown
         shown = (await asyncio.to_thread(_cli, platform, alerts_command)).output
-        assert "RESOLVED" in shown and "FIRING" not in shown and alert["id"] in shown
+        # This alert is listed under RESOLVED, not under FIRING (a replacement instance that
+        # crashed once more before the fix took may have an alert of its own still firing).
+        assert "RESOLVED" in shown
+        firing_part, resolved_part = shown.split("RESOLVED", 1)
+        assert alert["id"] in resolved_part and alert["id"] not in firing_part
 
         def flaky_capacity() -> dict[str, Any] | None:
             view = platform.client.request("GET", "/capacity")
