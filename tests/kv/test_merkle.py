@@ -44,6 +44,7 @@ def test_incremental_updates_match_a_rebuild() -> None:
     a.update("key3", None)
     data = [(k, b"v9" if k == "key7" else v) for k, v in items(200) if k != "key3"]
     assert a.root == MerkleTree.build([*data, ("new", b"v1")], 128).root
+    assert len(a) == 200  # one added, one removed, one changed in place
 
 
 def test_repairing_one_percent_divergence_ships_at_most_three_times_the_changed_keys() -> None:
@@ -64,3 +65,20 @@ def test_trees_of_different_sizes_cannot_be_compared() -> None:
         diff(MerkleTree(64), MerkleTree(128))
     with pytest.raises(MerkleError):
         MerkleTree(100)
+
+
+def test_a_tree_sent_as_its_hashes_diffs_like_the_tree_itself() -> None:
+    a = MerkleTree.build(items(300), 64)
+    b = MerkleTree.build(items(300), 64)
+    b.update("key5", b"v2")
+    wire = b.hashes()
+    assert len(wire) == 2 * 64 * 8  # one u64 per node: copied, not walked, on each exchange
+    view = MerkleTree.peer_view(wire)
+    assert view.leaves == 64 and view.root == b.root
+    assert diff(a, view) == diff(a, b) == [a.leaf_of("key5")]
+
+
+@pytest.mark.parametrize("size", [0, 8, 24, 7 * 8, 2 * 64 * 8 + 1])
+def test_bytes_that_are_not_a_tree_are_refused(size: int) -> None:
+    with pytest.raises(MerkleError, match="not the hashes of a tree"):
+        MerkleTree.peer_view(bytes(size))

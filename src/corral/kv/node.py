@@ -33,8 +33,8 @@ virtual network, and what its checkers prove is what this adapter relies on):
   both should hold (``leaves_for`` of their count) is sent; the peer answers with its objects
   in differing leaves, merges ours, and both sides end equal. Tombstones older than ``grace``
   are reaped first. Each side keeps its tree per peer and rehashes only the keys stored since
-  the last round; a tree is (re)built a slice of ``AE_SLICE`` keys at a time, letting writes
-  run between slices (see ``_tree_for``).
+  the last round; a tree is (re)built a slice of ``AE_SLICE`` keys at a time, paced to at
+  most a fifth of the loop (``_Pacer``), letting writes run between slices (see ``_tree_for``).
 - **Background work never stalls writes for long**: with a replica down every write waits for
   both survivors, so a loop stall on either is in the write tail.
 """
@@ -45,10 +45,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from corral import clock
 from corral.kv import versions
@@ -61,7 +63,7 @@ from corral.kv.coordinator import (
     new_version,
     sloppy_targets,
 )
-from corral.kv.merkle import MerkleTree, _node_hash, diff, leaves_for
+from corral.kv.merkle import MerkleTree, diff, leaves_for
 from corral.kv.ring import Ring
 from corral.kv.storage import KvStorage
 from corral.kv.transport import Evidence, Rpc
@@ -90,6 +92,7 @@ from corral.membership.driver import SwimDriver
 log = logging.getLogger(__name__)
 ROLE = "kv"
 AE_SLICE = 512  # keys per slice of a Merkle tree build between loop turns
+AE_REST = 4.0  # after each slice, rest this many times as long as it ran (≤ 1/5 of the loop)
 _DONE = Done()
 _UNKNOWN = (False, "")
 
@@ -109,6 +112,25 @@ class _OneKey:
     def preference_list(self, _key: str, n: int, healthy: Callable[[str], bool]) -> list[str]:
         out = [node for node in self.walk if healthy(node)]  # same as Ring.preference_list
         return out[:n]
+
+
+class _Pacer:
+    """Background work's share of the loop. Yielding between slices bounds a stall but not the
+    share: a slice every loop turn took half of a saturated node's time for the second or so of
+    a tree build, halving its write throughput — and with 64 clients writing back to back,
+    halving throughput doubles every write's latency. Resting ``rest`` times as long as the
+    slice ran keeps the writes' share; anti-entropy has ``ae_interval`` to finish (a peer's
+    build that outlasts the asker's wait is kept, and answers the next round)."""
+
+    __slots__ = ("_since", "rest")
+
+    def __init__(self, rest: float = AE_REST) -> None:
+        self.rest = rest
+        self._since = clock.monotonic()
+
+    async def breathe(self) -> None:
+        await asyncio.sleep((clock.monotonic() - self._since) * self.rest)
+        self._since = clock.monotonic()
 
 
 class _Waker:
@@ -378,7 +400,7 @@ class KvNode:
             local = storage.hints.for_key(key)
             actor = storage.new_actor()
         obj = new_version(local, context, actor, value, clock.wall(), self.config.conflicts)
-        stored = storage.store(key, replace(obj, actor=actor), mine.hint_for)
+        stored = storage.store(key, msgspec.structs.replace(obj, actor=actor), mine.hint_for)
         now = clock.monotonic()
         cfg = self.config
         req = PutRequest(
@@ -549,9 +571,8 @@ class KvNode:
         return self._coordinate_for_peer(body)
 
     async def _answer_tree(self, frm: str, body: AeTree) -> Reply:
-        mine = await self._tree_for(frm, len(body.hashes) // 2)
-        theirs = MerkleTree(mine.leaves)
-        theirs._nodes = list(body.hashes)
+        theirs = MerkleTree.peer_view(body.hashes)
+        mine = await self._tree_for(frm, theirs.leaves)
         leaves = diff(mine, theirs)
         return AeObjects(leaves, self._objects_in(mine, leaves))
 
@@ -636,15 +657,19 @@ class KvNode:
             return tree
 
     async def _apply_changes(self) -> None:
-        changed = sorted(self.storage.take_changed())
+        # unsorted: leaf hashes are XORs and the paths are rehashed together, so the order
+        # changes nothing — and sorting a round's keys (every key written in ``ae_interval``)
+        # was a loop stall of tens of milliseconds at each round
+        changed = list(self.storage.take_changed())
         if not changed:
             return
         n, ring, objects = self.quorum.n, self.ring, self.storage.objects
+        pacer = _Pacer()
         for peer, (built_on, tree) in list(self._trees.items()):
             if built_on is not ring:
                 del self._trees[peer]
                 continue
-            nodes, dirty = tree._nodes, set()
+            dirty = set()
             for start in range(0, len(changed), AE_SLICE):
                 for key in changed[start : start + AE_SLICE]:
                     if peer not in ring.home(key, n):
@@ -653,18 +678,18 @@ class KvNode:
                     if obj is None:
                         tree.update(key, None)  # forgotten: rare, its path rehashed now
                     else:
-                        dirty.add(tree._put(key, versions.digest(obj)) // 2)
-                await asyncio.sleep(0)
+                        dirty.add(tree.put(key, versions.digest(obj)) // 2)
+                await pacer.breathe()
             # rehash the changed paths level by level: each inner node once
             done = 0
             while dirty:
                 for node in dirty:
-                    nodes[node] = _node_hash(nodes[2 * node], nodes[2 * node + 1])
+                    tree.rehash(node)
                 done += len(dirty)
                 dirty = {node // 2 for node in dirty if node > 1}
                 if done >= AE_SLICE:
                     done = 0
-                    await asyncio.sleep(0)
+                    await pacer.breathe()
 
     async def _build_shared_tree(self, peer: str, leaves: int | None = None) -> MerkleTree:
         """``_shared_tree`` in slices of ``AE_SLICE`` keys with the loop let run between them:
@@ -673,6 +698,7 @@ class KvNode:
         stored meanwhile wait for the next round, which anti-entropy is built to converge."""
         n, ring = self.quorum.n, self.ring
         snapshot = list(self.storage.objects.items())
+        pacer = _Pacer()
         items: list[tuple[str, bytes]] = []
         for start in range(0, len(snapshot), AE_SLICE):
             items += [
@@ -680,17 +706,16 @@ class KvNode:
                 for k, obj in snapshot[start : start + AE_SLICE]
                 if peer in ring.home(k, n)
             ]
-            await asyncio.sleep(0)
+            await pacer.breathe()
         tree = MerkleTree(leaves or leaves_for(len(items)))
         for start in range(0, len(items), AE_SLICE):
             for key, digest in items[start : start + AE_SLICE]:
-                tree._put(key, digest)  # what MerkleTree.build does, a slice at a time
-            await asyncio.sleep(0)
-        nodes = tree._nodes
-        for node in range(tree.leaves - 1, 0, -1):  # and its _rehash_all, likewise
-            nodes[node] = _node_hash(nodes[2 * node], nodes[2 * node + 1])
+                tree.put(key, digest)  # what MerkleTree.build does, a slice at a time
+            await pacer.breathe()
+        for node in range(tree.leaves - 1, 0, -1):  # and its rehash, likewise
+            tree.rehash(node)
             if node % AE_SLICE == 0:
-                await asyncio.sleep(0)
+                await pacer.breathe()
         return tree
 
     def _objects_in(self, tree: MerkleTree, leaves: list[int]) -> list[tuple[str, Any]]:
@@ -708,10 +733,9 @@ class KvNode:
             if peer == self.name or not self.healthy(peer):
                 continue
             tree = await self._tree_for(peer)
-            hashes = [tree.node(i) for i in range(2 * tree.leaves)]
             try:
                 # the peer builds its tree a slice at a time too: give it the round
-                reply = await self._call(peer, AeTree(hashes), self.config.ae_interval)
+                reply = await self._call(peer, AeTree(tree.hashes()), self.config.ae_interval)
             except ReplicaUnavailable:
                 continue
             if not isinstance(reply, AeObjects) or not reply.leaves:

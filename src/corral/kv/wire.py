@@ -141,7 +141,7 @@ class AeTree(msgspec.Struct, frozen=True, tag=True, array_like=True):
     receiver's objects in the differing leaves (the sender then merges them and answers with
     its own through ``AeApply``)."""
 
-    hashes: list[int]
+    hashes: bytes  # MerkleTree.hashes()
 
 
 class AeApply(msgspec.Struct, frozen=True, tag=True, array_like=True):

@@ -617,7 +617,7 @@ class HandoffAck:
 
 @dataclass(frozen=True)
 class AeTree:
-    nodes: tuple[int, ...]  # the sender's tree over keys both should hold (heap order)
+    hashes: bytes  # the sender's tree over keys both should hold (MerkleTree.hashes)
 
 
 @dataclass(frozen=True)
@@ -913,14 +913,12 @@ class KvWorld(SwimWorld):
             for peer in self.names:
                 if peer != name and healthy(peer):
                     tree = self.shared_tree(node, peer)
-                    nodes = tuple(tree.node(i) for i in range(2 * tree.leaves))
-                    self.send(name, peer, AeTree(nodes))
+                    self.send(name, peer, AeTree(tree.hashes()))
         self.sim.schedule(self.opt.ae_interval, lambda: self.anti_entropy(name))
 
     def ae_answer(self, node: KvNode, frm: str, msg: AeTree) -> None:
         mine = self.shared_tree(node, frm)
-        theirs = MerkleTree(AE_LEAVES)
-        theirs._nodes = list(msg.nodes)
+        theirs = MerkleTree.peer_view(msg.hashes)
         leaves = tuple(diff(mine, theirs))
         if leaves:
             objects = self.ae_objects(node, frm, leaves)
