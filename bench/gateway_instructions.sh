@@ -2,12 +2,13 @@
 # Instructions per proxied request in the gateway worker, counted by callgrind (repeatable under
 # load, unlike wall-clock figures): an upstream nginx (return 200), the gateway (workers: 1) under
 # valgrind with instrumentation off until warmed up, then on around an 8 s wrk run (10
-# connections, 9 headers); instructions / requests. `read_path_per_req` counts only what the
+# connections, or CONNS, 9 headers); instructions / requests. `read_path_per_req` counts only what the
 # socket reads trigger (excludes timers such as the periodic sweep).
 #
 #   bench/gateway_instructions.sh [LABEL]             the compiled build if current
 #   CORRAL_COMPILED=off bench/gateway_instructions.sh  the interpreted modules
 #   FEATURES=1 bench/gateway_instructions.sh           issue 6's standard policies on the route
+#   CONNS=1 bench/gateway_instructions.sh              one connection: every request a loop wake-up
 #
 # Needs valgrind, nginx, wrk and curl.
 set -u
@@ -58,7 +59,7 @@ for i in $(seq 1 200); do curl -s -o /dev/null http://127.0.0.1:$GW/ && break; s
 wrk -t1 -c10 -d3s http://127.0.0.1:$GW/ >/dev/null
 WPID=$(pgrep -n -f "valgrind.*serve --worker 0")
 callgrind_control -i on $WPID >/dev/null
-OUT=$(wrk -t1 -c10 -d8s -H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36' -H 'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8' -H 'Accept-Language: en-US,en;q=0.9' -H 'Accept-Encoding: gzip, deflate, br' -H 'Referer: https://shop.example.com/catalog/shoes?page=2' -H 'Cookie: session=5f3c9a7e21b84d0f9c1a; theme=dark; ab=b' -H 'Cache-Control: no-cache' -H 'X-Client-Version: 4.12.1' http://127.0.0.1:$GW/)
+OUT=$(wrk -t1 -c${CONNS:-10} -d8s -H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36' -H 'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8' -H 'Accept-Language: en-US,en;q=0.9' -H 'Accept-Encoding: gzip, deflate, br' -H 'Referer: https://shop.example.com/catalog/shoes?page=2' -H 'Cookie: session=5f3c9a7e21b84d0f9c1a; theme=dark; ab=b' -H 'Cache-Control: no-cache' -H 'X-Client-Version: 4.12.1' http://127.0.0.1:$GW/)
 callgrind_control -i off $WPID >/dev/null
 timeout 60 callgrind_control -d $WPID >/dev/null
 REQ=$(echo "$OUT" | grep "requests in" | awk '{print $1}')

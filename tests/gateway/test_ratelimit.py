@@ -85,14 +85,11 @@ def test_an_evicted_sliding_window_key_keeps_its_count() -> None:
 
 
 def test_429_headers_carry_limit_remaining_reset_and_retry_after() -> None:
-    headers = dict(rate_limit_headers(Decision(False, 100, 0, 2.2, 0.3)))
-    assert headers == {
-        b"RateLimit-Limit": b"100",
-        b"RateLimit-Remaining": b"0",
-        b"RateLimit-Reset": b"3",
-        b"Retry-After": b"1",
-    }
-    assert b"Retry-After" not in dict(rate_limit_headers(Decision(True, 100, 99, 0.01)))
+    assert rate_limit_headers(Decision(False, 100, 0, 2.2, 0.3)) == (
+        b"RateLimit-Limit: 100\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 3\r\n"
+        b"Retry-After: 1\r\n"
+    )
+    assert b"Retry-After" not in rate_limit_headers(Decision(True, 100, 99, 0.01))
 
 
 def test_keys_come_from_ip_header_cookie_or_path_and_missing_ones_share_a_bucket() -> None:

@@ -87,6 +87,7 @@ GO: Final = 0
 REFUSE: Final = 1
 HIT: Final = 2
 WAIT: Final = 3
+SHED_HEADERS: Final = b"Retry-After: %d\r\n" % SHED_RETRY_AFTER
 
 _REASONS = {200: b"OK", 429: b"Too Many Requests", 503: b"Service Unavailable"}
 _HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"content-length"))
@@ -158,7 +159,7 @@ class Guard:
         self.started = started
         self.status = 0  # REFUSE: the status to answer
         self.message = ""
-        self.headers: list[tuple[bytes, bytes]] = []  # added to the response
+        self.headers = b""  # header lines ("Name: value\r\n") added to the response
         self.entry: CachedResponse | None = None  # HIT: the entry to serve
         self.fallback: Fallback | None = None  # REFUSE with a fallback to serve instead
         self.slots: list[ConcurrencyLimiter] = []
@@ -544,7 +545,7 @@ class Policies:
         if decision is not None:
             guard.headers = rate_limit_headers(decision)
         else:
-            guard.headers = [(b"Retry-After", b"%d" % SHED_RETRY_AFTER)]
+            guard.headers = SHED_HEADERS
         self._count(guard.rt.name, what)
         return guard
 

@@ -1530,7 +1530,7 @@ class ClientConnection(asyncio.Protocol):
     def _extra_headers(self, guard: Guard | None, more: bytes = b"") -> bytes:
         parts = [more]
         if guard is not None:
-            parts.extend(name + b": " + value + b"\r\n" for name, value in guard.headers)
+            parts.append(guard.headers)
         if self.request_id:
             parts.append(b"X-Request-Id: " + self.request_id + b"\r\n")
         return b"".join(parts)
@@ -1560,7 +1560,7 @@ class ClientConnection(asyncio.Protocol):
             )
             self._answer_local(guard.fallback.status, data, close, outcome=guard.status)
             return
-        extra = b"".join(name + b": " + value + b"\r\n" for name, value in guard.headers)
+        extra = guard.headers
         data = _simple_response(
             guard.status, guard.message, close=close, request_id=self.request_id, extra=extra
         )
@@ -1855,11 +1855,7 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     self.capture_head = head
             if guard.headers:
-                head = (
-                    head[:-2]
-                    + b"".join(n + b": " + v + b"\r\n" for n, v in guard.headers)
-                    + b"\r\n"
-                )
+                head = head[:-2] + guard.headers + b"\r\n"
         chain = self.chain
         if chain is not None and chain.response and self.plugin_request is not None:
             try:

@@ -107,16 +107,17 @@ class Decision:
         )
 
 
-def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
-    """The response headers for ``decision`` (``Retry-After`` only when refused)."""
-    headers = [
-        (b"RateLimit-Limit", b"%d" % decision.limit),
-        (b"RateLimit-Remaining", b"%d" % decision.remaining),
-        (b"RateLimit-Reset", b"%d" % math.ceil(decision.reset)),
-    ]
-    if not decision.allowed:
-        headers.append((b"Retry-After", b"%d" % max(1, math.ceil(decision.retry_after))))
-    return headers
+def rate_limit_headers(decision: Decision) -> bytes:
+    """The response header lines for ``decision`` (``Retry-After`` only when refused), ready
+    to splice into a head: every admitted request carries them, so they are one format."""
+    head = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
+        decision.limit,
+        decision.remaining,
+        math.ceil(decision.reset),
+    )
+    if decision.allowed:
+        return head
+    return head + b"Retry-After: %d\r\n" % max(1, math.ceil(decision.retry_after))
 
 
 def limit_key(
