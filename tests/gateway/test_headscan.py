@@ -104,3 +104,11 @@ def test_a_current_build_is_what_the_gateway_runs() -> None:
         pytest.skip("no current compiled build: the interpreted modules run")
     assert proxy.__file__ is not None and not proxy.__file__.endswith(".py")
     assert scan is not None
+
+
+@needs_build
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"\r\n\r\n", b" "]), max_size=24))
+def test_the_compiled_head_end_finds_what_bytes_find_finds(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    assert proxy._head_end(data) == data.find(b"\r\n\r\n")

@@ -15,6 +15,11 @@
  * upstream's (responses), and the scan needs nothing more than "lines end with CRLF".
  *
  *   scan(head, names, caseless, single, cut) -> (dict[bytes, bytes], bool, bytes | None)
+ *
+ * head_end(data) is data.find(b"\r\n\r\n") by memchr: run on every request and response
+ * head, the method call, its argument parsing and the generic search were ~1,000 instructions.
+ *
+ *   head_end(data: bytes) -> int
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -174,13 +179,51 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         line = end;
     }
-done:
-    return Py_BuildValue("(NOO)", values, cutting ? Py_True : Py_False, repeated);
+done:;
+    /* by hand: Py_BuildValue parses its format string on every call (~500 instructions) */
+    PyObject *result = PyTuple_New(3);
+    if (result == NULL) {
+        Py_DECREF(values);
+        return NULL;
+    }
+    PyObject *flag = cutting ? Py_True : Py_False;
+    Py_INCREF(flag);
+    Py_INCREF(repeated);
+    PyTuple_SET_ITEM(result, 0, values);
+    PyTuple_SET_ITEM(result, 1, flag);
+    PyTuple_SET_ITEM(result, 2, repeated);
+    return result;
+}
+
+static PyObject *head_end(PyObject *module, PyObject *data) {
+    (void)module;
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "head_end(data: bytes)");
+        return NULL;
+    }
+    /* memchr for each CR (vectorised) rather than memmem, whose generic two-way search
+     * cost more than bytes.find on a 600-byte head */
+    const char *start = PyBytes_AS_STRING(data);
+    const char *end = start + PyBytes_GET_SIZE(data);
+    const char *p = start;
+    while (end - p >= 4) {
+        const char *cr = memchr(p, '\r', (size_t)(end - p - 3));
+        if (cr == NULL) {
+            break;
+        }
+        if (cr[1] == '\n' && cr[2] == '\r' && cr[3] == '\n') {
+            return PyLong_FromSsize_t(cr - start);
+        }
+        p = cr + 1;
+    }
+    return PyLong_FromSsize_t(-1);
 }
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(head, names, caseless, single, cut) -> (values, cutting, repeated name or None)"},
+    {"head_end", (PyCFunction)head_end, METH_O,
+     "head_end(data) -> index of the first CRLF CRLF, or -1 (data.find(b'\\r\\n\\r\\n'))"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -94,6 +94,23 @@ def _load_compiled_scan() -> Callable[..., tuple[dict[bytes, bytes], bool, bytes
 
 _compiled_scan: Final = _load_compiled_scan()
 
+
+def _find_head_end(data: bytes) -> int:
+    return data.find(b"\r\n\r\n")
+
+
+def _load_head_end() -> Callable[[bytes], int]:
+    """Where a head ends (``data.find(b"\\r\\n\\r\\n")``): the compiled one (memchr) when
+    built, since it runs on every request and response head."""
+    try:
+        from corral.gateway._headscan import head_end
+    except ImportError:
+        return _find_head_end
+    return head_end
+
+
+_head_end: Final = _load_head_end()
+
 __all__ = ["SWEEP_SECONDS", "ClientConnection", "Gateway", "Pool", "UpstreamConnection"]
 
 log = logging.getLogger("corral.gateway")
@@ -960,7 +977,7 @@ class ClientConnection(asyncio.Protocol):
             return
         buf = self.buf
         if not buf and self.state == _HEAD and data.endswith(b"\r\n\r\n"):
-            end = data.find(b"\r\n\r\n")
+            end = _head_end(data)
             if end == len(data) - 4 and end + 4 <= self.gw.max_header_bytes:
                 # The common case, one whole head with no body: no copy into the buffer.
                 self._processing = True
@@ -2244,7 +2261,7 @@ class UpstreamConnection(asyncio.Protocol):
             data = self.buf + data
             self.buf = b""
         while self.expect_head:
-            end = data.find(b"\r\n\r\n")
+            end = _head_end(data)
             if end < 0:
                 if len(data) > MAX_RESPONSE_HEAD:
                     client.upstream_failed(self, "sent a response head too large")
