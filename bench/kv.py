@@ -1,7 +1,7 @@
 """The AP store (N=3, R=W=2, 3 nodes) against the Raft store and etcd, same harness, same run.
 
     .venv/bin/python bench/kv.py [--seconds 5] [--sequential 1000] [--no-etcd] [--no-raft]
-                                 [--down kill|stop] [--runs K]
+                                 [--down kill|stop|partition] [--runs K]
 
 Every system runs as three processes on 127.0.0.1 with fsync on, driven by one lean HTTP/1.1
 client on uvloop (``LeanConnection``: an ``asyncio.Protocol`` over httptools' response parser,
@@ -22,9 +22,11 @@ p99 at 64 clients, with the load average when the run ended; then with one
 AP-store replica down, the same load: write success rate, p99 against the healthy run, and the
 survivors' CPU per put. ``--down kill`` SIGKILLs the replica (its connections are reset at
 once); ``--down stop`` SIGSTOPs it, which is what a partition looks like to the others —
-packets vanish, nothing is reset — short of network namespaces and iptables (the netns tests
-do those). ``--runs K`` repeats the AP-store part on K fresh clusters and prints each run's
-one-replica-down figures, then their range.
+packets vanish, nothing is reset; ``--down partition`` is the real thing: one node per network
+namespace around a bridge (``tests/netns.py``, root only), the measuring client in a namespace
+of its own (this script re-run as ``--role driver``), and the replica cut off from the other
+two by iptables, both ways. ``--runs K`` repeats the AP-store part on K fresh clusters and
+prints each run's one-replica-down figures, then their range.
 Targets (issue 9): put/get p50 ≤ 1.4 ms; ≥ 5k ops/s at 64 clients and ≥ 0.7× etcd; one replica
 down: 100 % of W=2 writes succeed, p99 ≤ 2× healthy.
 """
@@ -39,9 +41,11 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,6 +316,8 @@ async def raft_ready(cluster: CorralCluster | EtcdCluster) -> str:
 
 
 def run_kv(args: argparse.Namespace) -> dict[str, float]:
+    if args.down == "partition":
+        return run_kv_partitioned(args)
     base = Path(tempfile.mkdtemp(prefix="kv-bench-"))
     cluster = LocalCluster(base, 3)
     try:
@@ -336,6 +342,94 @@ def run_kv(args: argparse.Namespace) -> dict[str, float]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def run_kv_partitioned(args: argparse.Namespace) -> dict[str, float]:
+    from tests import netns
+
+    usable, why = netns.available()
+    if not usable:
+        raise SystemExit(f"--down partition: {why}")
+    base = Path(tempfile.mkdtemp(prefix="kv-bench-"))
+    names = ["n1", "n2", "n3"]
+    net = netns.Net([*names, "c"])
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name in names:
+            address = net.address(name)
+            argv = [
+                sys.executable, "-m", "corral.cli.kv", "serve", "--name", name,
+                "--listen", f"{address}:8500", "--peer", f"{address}:8501",
+                "--join", f"{net.address('n1')}:8501", "--data", str(base / name),
+                "--membership", "test",
+            ]  # fmt: skip
+            with open(base / f"{name}.log", "ab") as log:
+                procs.append(
+                    subprocess.Popen(net.command(name, argv), stdout=log, stderr=subprocess.STDOUT)
+                )
+        urls = ",".join(f"http://{net.address(name)}:8500" for name in names)
+        drive = [
+            sys.executable, __file__, "--role", "driver", "--urls", urls,
+            "--pids", ",".join(str(p.pid) for p in procs),
+            "--seconds", str(args.seconds), "--sequential", str(args.sequential),
+        ]  # fmt: skip
+        driver = subprocess.Popen(
+            net.command("c", drive),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert driver.stdin is not None and driver.stdout is not None
+        fig: dict[str, float] = {}
+        for line in driver.stdout:
+            if line.strip() == "DOWN":  # cut n3 off from n1 and n2, both ways
+                for other in ("n1", "n2"):
+                    net.one_way("n3", other)
+                    net.one_way(other, "n3")
+                driver.stdin.write("OK\n")
+                driver.stdin.flush()
+            elif line.startswith("FIG "):
+                fig = json.loads(line[4:])
+            else:
+                print(line, end="")
+        if driver.wait() != 0 or not fig:
+            raise SystemExit(f"--down partition: the driver failed (node logs in {base})")
+        return fig
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        net.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def drive_partitioned(args: argparse.Namespace) -> None:
+    """``--role driver``: inside the client's namespace, wait for the three nodes to see each
+    other, then measure; "DOWN" on stdout asks the parent to cut n3 off ("OK" on stdin)."""
+    urls = args.urls.split(",")
+    deadline = time.monotonic() + 30
+    for url in urls:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/kv-admin/status", timeout=2) as r:
+                    members = json.loads(r.read())["members"]
+                if sum(m["state"] == "alive" for m in members) == len(urls):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"kv node {url} did not see the cluster within 30 s")
+            time.sleep(0.2)
+    system = System("kv", urls[:2], kv_put, kv_get, pids=[int(p) for p in args.pids.split(",")])
+
+    def down() -> None:
+        print("DOWN", flush=True)
+        sys.stdin.readline()
+
+    fig = uvloop.run(measure(system, args, down))
+    if system.errors:
+        print(f"kv: first errors: {system.errors[:2]}", flush=True)
+    print("FIG " + json.dumps(fig), flush=True)
+
+
 def run_leader_based(
     name: str, make: Callable[[Path], Cluster], args: argparse.Namespace
 ) -> dict[str, float]:
@@ -357,7 +451,7 @@ def run_leader_based(
 
 
 def _down_line(down: str, kv: dict[str, float]) -> str:
-    how = "SIGSTOPped" if down == "stop" else "SIGKILLed"
+    how = {"stop": "SIGSTOPped", "partition": "partitioned"}.get(down, "SIGKILLed")
     return (
         f"{how}: W=2 writes succeeded {kv['1 down success %']:.2f} % "
         f"({kv['1 down failed']:.0f} failed), p99 {kv['1 down p99 ms']:.2f} ms = "
@@ -375,9 +469,15 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=1000)
     parser.add_argument("--no-etcd", action="store_true")
     parser.add_argument("--no-raft", action="store_true")
-    parser.add_argument("--down", choices=["kill", "stop"], default="kill")
+    parser.add_argument("--down", choices=["kill", "stop", "partition"], default="kill")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--role", choices=["driver"], help=argparse.SUPPRESS)
+    parser.add_argument("--urls", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--pids", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.role == "driver":
+        drive_partitioned(args)
+        return
     runs = []
     for i in range(args.runs):
         runs.append(run_kv(args))
