@@ -8,7 +8,8 @@ proxy runs ``--runs`` times for ``--duration`` seconds; the median run is report
 p99, and the proxy's **CPU µs per request** from /proc (utime + stime of the proxy's processes
 over the run ÷ requests) — the fair figure, since req/s is co-limited by the load-generator core.
 Then one connection with everything — wrk, the proxy and the upstream (moved there for it) —
-on core 0: the latency the proxy adds at p50 over nginx's, with no idle core to wake between
+on core 0, ``--runs`` interleaved rounds of 3 s: the latency the proxy adds at p50 over nginx's
+(the median of the rounds' differences), with no idle core to wake between
 hops (with the upstream left on core 1 every request waited out two cross-core wake-ups of a
 sleeping vCPU: ~150 µs per request for either proxy, and a noisy difference).
 
@@ -39,6 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 HEADERS = [
     "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36",
@@ -286,11 +288,13 @@ def main() -> int:
             for _ in range(args.runs):
                 for name, (pid, port) in targets.items():
                     results[name].append(measure(pid, port, args.duration, args.connections, "1"))
-            single: dict[str, Run] = {}
+            single: dict[str, list[Run]] = {"corral": [], "nginx": []}
             pin(upstream_nginx.pid, "0")
-            for name, (pid, port) in targets.items():  # 1 connection, all on core 0
+            for pid, port in targets.values():  # 1 connection, all on core 0
                 measure(pid, port, 1, 1, "0")  # warm up
-                single[name] = measure(pid, port, min(args.duration, 5), 1, "0")
+            for _ in range(args.runs):  # interleaved: the machine's drift hits both alike
+                for name, (pid, port) in targets.items():
+                    single[name].append(measure(pid, port, min(args.duration, 3), 1, "0"))
         finally:
             for proc in reversed(procs):
                 proc.terminate()
@@ -322,11 +326,14 @@ def main() -> int:
         f"ratio    {c.rps / n.rps:9.2f}x {c.p50_us / n.p50_us:7.2f}x {c.p99_us / n.p99_us:7.2f}x "
         f"{c.cpu_us / n.cpu_us:10.2f}x   (targets: {goal})"
     )
-    one, ng = single["corral"], single["nginx"]
+    ones, ngs = single["corral"], single["nginx"]
+    added = [a.p50_us - b.p50_us for a, b in zip(ones, ngs, strict=True)]
     print(
-        f"1 connection, all on core 0: p50 corral {one.p50_us:.0f} µs, nginx {ng.p50_us:.0f} µs, "
-        f"added {one.p50_us - ng.p50_us:+.0f} µs (target <= +10 µs); proxy CPU per request "
-        f"{one.cpu_us:.1f} vs {ng.cpu_us:.1f} µs"
+        f"1 connection, all on core 0 ({len(added)} interleaved rounds, medians): p50 corral "
+        f"{median(r.p50_us for r in ones):.0f} µs, nginx {median(r.p50_us for r in ngs):.0f} µs, "
+        f"added {median(added):+.0f} µs (target <= +10 µs; rounds "
+        f"{', '.join(f'{a:+.0f}' for a in added)}); proxy CPU per request "
+        f"{median(r.cpu_us for r in ones):.1f} vs {median(r.cpu_us for r in ngs):.1f} µs"
     )
     print("runs:", {k: [f"{r.rps:.0f}/{r.cpu_us:.1f}" for r in v] for k, v in results.items()})
     return 0
