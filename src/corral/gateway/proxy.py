@@ -1212,7 +1212,8 @@ class ClientConnection(asyncio.Protocol):
             target = new_path.encode("latin-1") + (b"?" + url[q + 1 :] if q >= 0 else b"")
             version = out[line_end - 8 : line_end]
             out = method.encode() + b" " + target + b" " + version + out[line_end:]
-        # One draw gives the span id and, when the request starts a trace, the trace id too.
+        # One slice of random hex gives the span id and, when the request starts a trace, the
+        # trace id too.
         ids = gw.random_hex(48)
         if b"traceparent" in values or b"x-b3-traceid" in values or b"b3" in values:
             trace_id, sampled = self._trace(values, ids)
