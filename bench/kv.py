@@ -48,6 +48,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
@@ -67,6 +68,7 @@ from bench.raft_vs_etcd import (
     pct,
 )
 from corral.kv.testing import LocalCluster
+from corral.testing import wait_for
 
 _ids = itertools.count()
 
@@ -405,19 +407,17 @@ def drive_partitioned(args: argparse.Namespace) -> None:
     """``--role driver``: inside the client's namespace, wait for the three nodes to see each
     other, then measure; "DOWN" on stdout asks the parent to cut n3 off ("OK" on stdin)."""
     urls = args.urls.split(",")
-    deadline = time.monotonic() + 30
+
+    def sees_all(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/kv-admin/status", timeout=2) as r:
+                members: list[dict[str, str]] = json.loads(r.read())["members"]
+        except OSError:
+            return False
+        return sum(m["state"] == "alive" for m in members) == len(urls)
+
     for url in urls:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/kv-admin/status", timeout=2) as r:
-                    members = json.loads(r.read())["members"]
-                if sum(m["state"] == "alive" for m in members) == len(urls):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"kv node {url} did not see the cluster within 30 s")
-            time.sleep(0.2)
+        wait_for(partial(sees_all, url), 30, 0.2, f"kv node {url} to see the cluster")
     system = System("kv", urls[:2], kv_put, kv_get, pids=[int(p) for p in args.pids.split(",")])
 
     def down() -> None:
