@@ -44,7 +44,7 @@ __all__ = ["FLUSH_SECONDS", "Finished", "Recorder", "access_line", "zipkin_spans
 
 log = logging.getLogger("corral.gateway.spans")
 
-FLUSH_SECONDS = 0.25  # small batches: encoding holds the GIL, so keep each hold short
+FLUSH_SECONDS = 0.25  # small batches: a short encoding pass, a short file write and POST
 POST_TIMEOUT = 2.0
 EXPORT_SLICE = 128  # finished requests encoded per loop turn (~1–2 ms)
 _encode = msgspec.json.encode
@@ -219,13 +219,17 @@ class Recorder:
         url = self.zipkin() if self.spans_on else None
         lines: list[str] = []
         chunks: list[bytes] = []
-        for start in range(0, len(batch), EXPORT_SLICE):
-            part = batch[start : start + EXPORT_SLICE]
-            if self.access_log is not None:
-                lines.extend(access_line(item, offset) + "\n" for item in part)
-            if url is not None:  # each chunk's JSON array without its brackets
-                chunks.append(_encode(zipkin_spans(part, offset, self.service))[1:-1])
-            await asyncio.sleep(0)
+        try:
+            for start in range(0, len(batch), EXPORT_SLICE):
+                part = batch[start : start + EXPORT_SLICE]
+                if self.access_log is not None:
+                    lines.extend(access_line(item, offset) + "\n" for item in part)
+                if url is not None:  # each chunk's JSON array without its brackets
+                    chunks.append(_encode(zipkin_spans(part, offset, self.service))[1:-1])
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self.buffer[:0] = batch  # stopped mid-encoding: ``close``'s last flush sends it
+            raise
         body = b"[" + b",".join(chunks) + b"]" if url is not None else b""
         await loop.run_in_executor(None, self._write, "".join(lines), url, body, len(batch))
 
