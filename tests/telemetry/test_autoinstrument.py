@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 
 from corral.telemetry import autoinstrument as ai
 from corral.telemetry.inject import BOOTSTRAP_DIR, find_site
+from corral.testing import wait_for
 
 SITE = ai.SitePaths(bootstrap="/boot", packages="/otel")
 
@@ -222,17 +225,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _seconds_to_stop(port: int, **extra_env: str) -> float:
+def _traced_env(collector_port: int, service: str, **extra: str) -> dict[str, str]:
+    """An app's environment with the zero-touch bootstrap on its path, exporting to a port."""
     site = find_site()
     assert site is not None
-    env = {
-        **extra_env,
+    return {
+        **extra,
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": f"{site.bootstrap}:{site.packages}",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_SERVICE_NAME": "stoppable",
-        "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before the app is told to stop
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+        "OTEL_SERVICE_NAME": service,
     }
+
+
+def _seconds_to_stop(port: int, **extra_env: str) -> float:
+    # nothing leaves before the app is told to stop
+    env = _traced_env(port, "stoppable", **extra_env, OTEL_BSP_SCHEDULE_DELAY="60000")
     app = subprocess.Popen(
         [sys.executable, "-c", STOPPABLE_APP], env=env, stdout=subprocess.PIPE, text=True
     )
@@ -253,18 +261,25 @@ def test_a_traced_app_told_to_stop_exits_at_once_when_the_collector_is_gone() ->
     assert _seconds_to_stop(_free_port()) < 2.5
 
 
-@needs_site
-def test_a_traced_app_told_to_stop_still_sends_its_queued_spans() -> None:
-    _Collector.posts = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+@contextmanager
+def _serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[int]:
+    """``handler`` answering on a free port in a thread, for the test's length; yields the port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        assert _seconds_to_stop(server.server_address[1]) < 2.5
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@needs_site
+def test_a_traced_app_told_to_stop_still_sends_its_queued_spans() -> None:
+    _Collector.posts = []
+    with _serving(_Collector) as port:
+        assert _seconds_to_stop(port) < 2.5
     assert _Collector.posts and b"SELECT 1" in b"".join(_Collector.posts)
 
 
@@ -346,37 +361,25 @@ class _Downstream(http.server.BaseHTTPRequestHandler):
 def test_a_traced_service_carries_its_callers_trace_and_tracestate_to_the_services_it_calls() -> (
     None
 ):
-    site = find_site()
-    assert site is not None
     _Downstream.seen = []
-    downstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Downstream)
-    thread = threading.Thread(target=downstream.serve_forever, daemon=True)
-    thread.start()
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": f"{site.bootstrap}:{site.packages}",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{_free_port()}",
-        "OTEL_SERVICE_NAME": "relay",
-    }
-    url = f"http://127.0.0.1:{downstream.server_address[1]}/next"
-    relay = subprocess.Popen(
-        [sys.executable, "-c", RELAY_APP, url], env=env, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert relay.stdout is not None
-        port = int(relay.stdout.readline())
-        caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        for headers in ({"traceparent": caller, "tracestate": "shop=1,corral=x"}, {}):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("GET", "/relay", headers=headers)
-            assert conn.getresponse().status == 204
-            conn.close()
-    finally:
-        relay.kill()
-        relay.wait()
-        downstream.shutdown()
-        downstream.server_close()
-        thread.join()
+    with _serving(_Downstream) as downstream:
+        env = _traced_env(_free_port(), "relay")
+        url = f"http://127.0.0.1:{downstream}/next"
+        relay = subprocess.Popen(
+            [sys.executable, "-c", RELAY_APP, url], env=env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert relay.stdout is not None
+            port = int(relay.stdout.readline())
+            caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            for headers in ({"traceparent": caller, "tracestate": "shop=1,corral=x"}, {}):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/relay", headers=headers)
+                assert conn.getresponse().status == 204
+                conn.close()
+        finally:
+            relay.kill()
+            relay.wait()
     continued, root = _Downstream.seen
     version, trace_id, span_id, flags = continued["traceparent"].split("-")
     assert (version, trace_id, flags) == ("00", "0af7651916cd43dd8448eb211c80319c", "01")
@@ -388,51 +391,30 @@ def test_a_traced_service_carries_its_callers_trace_and_tracestate_to_the_servic
 
 @needs_site
 def test_a_full_batch_of_spans_goes_out_without_waiting_for_the_schedule_delay() -> None:
-    site = find_site()
-    assert site is not None
     _Collector.posts = []
-    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
-    thread = threading.Thread(target=collector.serve_forever, daemon=True)
-    thread.start()
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": f"{site.bootstrap}:{site.packages}",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
-        "OTEL_SERVICE_NAME": "batcher",
-        "OTEL_BSP_SCHEDULE_DELAY": "60000",
-        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "3",
-    }
-    app = subprocess.Popen(
-        [sys.executable, "-c", STOPPABLE_APP], env=env, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert app.stdout is not None and app.stdout.readline() == "ready\n"
-        deadline = time.monotonic() + 10
-        while not _Collector.posts and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert _Collector.posts, "3 spans (a whole batch) were not sent while the app ran"
-        assert app.poll() is None
-        assert b"".join(_Collector.posts).count(b"SELECT 1") == 3
-    finally:
-        app.kill()
-        app.wait()
-        collector.shutdown()
-        collector.server_close()
-        thread.join()
+    with _serving(_Collector) as port:
+        env = _traced_env(
+            port, "batcher", OTEL_BSP_SCHEDULE_DELAY="60000", OTEL_BSP_MAX_EXPORT_BATCH_SIZE="3"
+        )
+        app = subprocess.Popen(
+            [sys.executable, "-c", STOPPABLE_APP], env=env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert app.stdout is not None and app.stdout.readline() == "ready\n"
+            wait_for(
+                lambda: _Collector.posts, 10, what="a whole batch (3 spans) sent while the app runs"
+            )
+            assert app.poll() is None
+            assert b"".join(_Collector.posts).count(b"SELECT 1") == 3
+        finally:
+            app.kill()
+            app.wait()
 
 
 @needs_site
 @pytest.mark.parametrize(("sampler", "traced"), [("always_off", False), ("traceidratio", True)])
 def test_an_app_that_chose_its_own_sampler_keeps_its_choice(sampler: str, traced: bool) -> None:
     _Collector.posts = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        port = server.server_address[1]
+    with _serving(_Collector) as port:
         _seconds_to_stop(port, OTEL_TRACES_SAMPLER=sampler, OTEL_TRACES_SAMPLER_ARG="1.0")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert (b"SELECT 1" in b"".join(_Collector.posts)) is traced
