@@ -354,6 +354,7 @@ def run_kv_partitioned(args: argparse.Namespace) -> dict[str, float]:
     names = ["n1", "n2", "n3"]
     net = netns.Net([*names, "c"])
     procs: list[subprocess.Popen[bytes]] = []
+    driver: subprocess.Popen[str] | None = None
     try:
         for name in names:
             address = net.address(name)
@@ -396,6 +397,12 @@ def run_kv_partitioned(args: argparse.Namespace) -> dict[str, float]:
             raise SystemExit(f"--down partition: the driver failed (node logs in {base})")
         return fig
     finally:
+        if driver is not None:  # e.g. interrupted mid-run: the driver goes with the nodes
+            driver.kill()
+            driver.wait(10)
+            for pipe in (driver.stdin, driver.stdout):
+                if pipe is not None:
+                    pipe.close()
         for proc in procs:
             proc.kill()
             proc.wait(10)

@@ -29,10 +29,12 @@ from corral.kv.testing import free_port
 from corral.kv.transport import Evidence, Rpc
 from corral.kv.versions import EMPTY, context_of
 from corral.kv.wire import (
+    AeTree,
     Coordinate,
     Fetch,
     Found,
     NoQuorum,
+    ReplicaFailed,
     Replicate,
     Reply,
     Request,
@@ -268,4 +270,20 @@ async def test_an_anti_entropy_tree_is_built_a_slice_at_a_time_kept_up_to_date_a
         assert await node._tree_for("n2") is tree
         assert await node.handoff_once() == 0  # no hints: nothing scanned, nothing sent
     finally:
+        await node.stop()
+
+
+async def test_a_node_sent_a_malformed_tree_refuses_it_by_name_and_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    peer = f"127.0.0.1:{free_port()}"
+    node = KvNode(NodeConfig("n1", tmp_path, peer=peer, membership="test"))
+    client = Rpc("n2", f"127.0.0.1:{free_port()}", lambda _frm, _body: Found(to_wire(EMPTY)))
+    await node.start()
+    try:
+        with pytest.raises(ReplicaFailed, match="not the hashes of a tree"):
+            await client.call("n1", peer, AeTree(b"\x00" * 24), 5.0)
+        assert isinstance(await client.call("n1", peer, Fetch("carts/k"), 5.0), Found)
+    finally:
+        await client.stop()
         await node.stop()

@@ -78,6 +78,7 @@ from corral.kv.wire import (
     Found,
     Handoff,
     NoQuorum,
+    ReplicaFailed,
     Replicate,
     ReplicaUnavailable,
     Reply,
@@ -736,6 +737,9 @@ class KvNode:
             try:
                 # the peer builds its tree a slice at a time too: give it the round
                 reply = await self._call(peer, AeTree(tree.hashes()), self.config.ae_interval)
+            except ReplicaFailed as refused:  # up, but refusing our tree: say so every round
+                log.warning("kv node %s: anti-entropy with %s: %s", self.name, peer, refused)
+                continue
             except ReplicaUnavailable:
                 continue
             if not isinstance(reply, AeObjects) or not reply.leaves:

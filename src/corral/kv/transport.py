@@ -62,6 +62,7 @@ from corral.kv.wire import (
     Found,
     Handoff,
     Hello,
+    ReplicaFailed,
     Replicate,
     ReplicaUnavailable,
     Reply,
@@ -340,7 +341,7 @@ class _Conn:
         body = env.body
         if isinstance(body, Failed):
             fut.set_exception(
-                ReplicaUnavailable(f"kv node {self.peer} failed the request: {body.error}")
+                ReplicaFailed(f"kv node {self.peer} failed the request: {body.error}")
             )
         else:
             fut.set_result(body)  # type: ignore[arg-type]  # replies only here

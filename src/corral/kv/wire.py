@@ -43,6 +43,12 @@ class ReplicaUnavailable(PlatformUnavailable):
     code = "replica_unavailable"
 
 
+class ReplicaFailed(ReplicaUnavailable):
+    """A replica answered, with a failure: it is up, and the request is what it refused."""
+
+    code = "replica_failed"
+
+
 # ----------------------------------------------------------------------------- context header
 
 
